@@ -16,7 +16,10 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn manifests_dir() -> PathBuf {
@@ -52,12 +55,19 @@ fn kind_of(v: &Value) -> &str {
 }
 
 fn find_kind<'a>(docs: &'a [(String, Value)], kind: &str) -> Vec<&'a Value> {
-    docs.iter().map(|(_, v)| v).filter(|v| kind_of(v) == kind).collect()
+    docs.iter()
+        .map(|(_, v)| v)
+        .filter(|v| kind_of(v) == kind)
+        .collect()
 }
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_sequence()
-        .map(|s| s.iter().map(|x| x.as_str().expect("a string").to_owned()).collect())
+        .map(|s| {
+            s.iter()
+                .map(|x| x.as_str().expect("a string").to_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -99,7 +109,9 @@ fn grants(rules: &Value) -> BTreeMap<(String, String), BTreeSet<String>> {
         let verbs = strings(&rule["verbs"]);
         for g in strings(&rule["apiGroups"]) {
             for r in strings(&rule["resources"]) {
-                out.entry((g.clone(), r)).or_default().extend(verbs.iter().cloned());
+                out.entry((g.clone(), r))
+                    .or_default()
+                    .extend(verbs.iter().cloned());
             }
         }
     }
@@ -112,13 +124,19 @@ const READ: [&str; 3] = ["get", "list", "watch"];
 fn cluster_role_covers_every_static_route_and_managed_group_and_nothing_else() {
     let docs = manifest_docs();
     let roles = find_kind(&docs, "ClusterRole");
-    assert_eq!(roles.len(), 1, "exactly one ClusterRole in deploy/manifests");
+    assert_eq!(
+        roles.len(),
+        1,
+        "exactly one ClusterRole in deploy/manifests"
+    );
     let g = grants(&roles[0]["rules"]);
     let read: BTreeSet<String> = READ.iter().map(|s| s.to_string()).collect();
 
     let routes = static_routes();
     assert!(
-        routes.iter().any(|(g, r)| g == "apiextensions.k8s.io" && r == "customresourcedefinitions"),
+        routes
+            .iter()
+            .any(|(g, r)| g == "apiextensions.k8s.io" && r == "customresourcedefinitions"),
         "the CRD kind must be a static route (the manager only sees CRDs through it)"
     );
     let groups = managed_groups();
@@ -129,7 +147,10 @@ fn cluster_role_covers_every_static_route_and_managed_group_and_nothing_else() {
             .get(&(group.clone(), resource.clone()))
             .or_else(|| g.get(&(group.clone(), "*".to_owned())))
             .unwrap_or_else(|| panic!("static route {group:?}/{resource} has no rule"));
-        assert!(verbs.is_superset(&read), "{group:?}/{resource}: verbs {verbs:?}");
+        assert!(
+            verbs.is_superset(&read),
+            "{group:?}/{resource}: verbs {verbs:?}"
+        );
     }
     for group in &groups {
         let verbs = g
@@ -142,7 +163,10 @@ fn cluster_role_covers_every_static_route_and_managed_group_and_nothing_else() {
         assert_eq!(verbs, &read, "{group:?}/{resource}: only get/list/watch");
         let named = routes.iter().any(|(g, r)| g == group && r == resource)
             || (resource == "*" && groups.contains(group));
-        assert!(named, "{group:?}/{resource} is granted but is neither a static route nor a managed group");
+        assert!(
+            named,
+            "{group:?}/{resource} is granted but is neither a static route nor a managed group"
+        );
     }
 
     // The chart template carries the very same rules (one generator writes both).
@@ -154,11 +178,19 @@ fn cluster_role_covers_every_static_route_and_managed_group_and_nothing_else() {
     let rule_lines = |s: &str| -> Vec<String> {
         s.lines()
             .map(str::trim)
-            .filter(|l| l.starts_with("- apiGroups:") || l.starts_with("resources:") || l.starts_with("verbs:"))
+            .filter(|l| {
+                l.starts_with("- apiGroups:")
+                    || l.starts_with("resources:")
+                    || l.starts_with("verbs:")
+            })
             .map(str::to_owned)
             .collect()
     };
-    assert_eq!(rule_lines(&template), rule_lines(&manifest), "chart and manifests disagree");
+    assert_eq!(
+        rule_lines(&template),
+        rule_lines(&manifest),
+        "chart and manifests disagree"
+    );
 }
 
 #[test]
@@ -204,7 +236,11 @@ fn gen_rbac_follows_the_asset_file_rules() {
         eprintln!("SKIPPED: python3 not found");
         return;
     };
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rules: Value = serde_yaml::from_slice(&out.stdout).unwrap();
     let g = grants(&rules);
     let keys: Vec<(String, String)> = g.keys().cloned().collect();
@@ -220,8 +256,14 @@ fn gen_rbac_follows_the_asset_file_rules() {
     .collect();
     assert_eq!(keys, want);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("apps/v1/deployments"), "warns about the 3-segment line: {stderr}");
-    assert!(stderr.contains("batch/v1/jobs/Job/extra"), "warns about the 5-segment line: {stderr}");
+    assert!(
+        stderr.contains("apps/v1/deployments"),
+        "warns about the 3-segment line: {stderr}"
+    );
+    assert!(
+        stderr.contains("batch/v1/jobs/Job/extra"),
+        "warns about the 5-segment line: {stderr}"
+    );
 }
 
 #[test]
@@ -245,9 +287,19 @@ fn deployment_is_locked_down_and_uses_only_known_settings() {
         .map(|e| e["name"].as_str().unwrap().to_owned())
         .collect();
     for n in &names {
-        assert!(help.contains(&format!("[env: {n}")), "{n} is not a setting of the binary");
+        assert!(
+            help.contains(&format!("[env: {n}")),
+            "{n} is not a setting of the binary"
+        );
     }
-    for required in ["CLUSTER_NAME", "DB_USER", "DB_PASS", "LEADER_ELECTION", "POD_NAME", "POD_NAMESPACE"] {
+    for required in [
+        "CLUSTER_NAME",
+        "DB_USER",
+        "DB_PASS",
+        "LEADER_ELECTION",
+        "POD_NAME",
+        "POD_NAMESPACE",
+    ] {
         assert!(names.iter().any(|n| n == required), "{required} not set");
     }
     // DB credentials from a Secret, never inline.
@@ -269,9 +321,18 @@ fn deployment_is_locked_down_and_uses_only_known_settings() {
     };
     assert_eq!(port_of("http"), Some(8080));
     assert_eq!(port_of("metrics"), Some(9090));
-    assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/livez"));
-    assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
-    assert_eq!(c["startupProbe"]["httpGet"]["path"].as_str(), Some("/livez"));
+    assert_eq!(
+        c["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/livez")
+    );
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        c["startupProbe"]["httpGet"]["path"].as_str(),
+        Some("/livez")
+    );
 
     // Locked down.
     let sc = &c["securityContext"];
@@ -280,7 +341,10 @@ fn deployment_is_locked_down_and_uses_only_known_settings() {
     assert_eq!(strings(&sc["capabilities"]["drop"]), vec!["ALL".to_owned()]);
     assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
     assert_eq!(pod["securityContext"]["runAsUser"].as_u64(), Some(65532));
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"));
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"].as_str(),
+        Some("RuntimeDefault")
+    );
     assert!(c["resources"]["limits"]["memory"].is_string());
     assert!(c["resources"]["requests"]["cpu"].is_string());
 
@@ -288,22 +352,37 @@ fn deployment_is_locked_down_and_uses_only_known_settings() {
     let svc = find_kind(&docs, "Service");
     assert_eq!(svc.len(), 1);
     let sel = svc[0]["spec"]["selector"].as_mapping().unwrap();
-    let labels = deps[0]["spec"]["template"]["metadata"]["labels"].as_mapping().unwrap();
+    let labels = deps[0]["spec"]["template"]["metadata"]["labels"]
+        .as_mapping()
+        .unwrap();
     for (k, v) in sel {
-        assert_eq!(labels.get(k), Some(v), "Service selector {k:?} does not match the pods");
+        assert_eq!(
+            labels.get(k),
+            Some(v),
+            "Service selector {k:?} does not match the pods"
+        );
     }
-    assert_eq!(svc[0]["spec"]["ports"][0]["targetPort"].as_str(), Some("metrics"));
+    assert_eq!(
+        svc[0]["spec"]["ports"][0]["targetPort"].as_str(),
+        Some("metrics")
+    );
 }
 
 /// `kubectl apply -f deploy/manifests/` against kube-sim, then `kubectl get` everything back.
 #[cfg(kube_sim_api_ready)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_manifests_to_kube_sim_and_read_them_back() {
-    if Command::new("kubectl").args(["version", "--client"]).output().is_err() {
+    if Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_err()
+    {
         eprintln!("SKIPPED: kubectl not on PATH");
         return;
     }
-    let sim = kube_sim::KubeSim::start(kube_sim::SimConfig::default()).await.unwrap();
+    let sim = kube_sim::KubeSim::start(kube_sim::SimConfig::default())
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     sim.write_kubeconfig(&kubeconfig).unwrap();
@@ -329,11 +408,15 @@ async fn kubectl_apply_manifests_to_kube_sim_and_read_them_back() {
     let docs = manifest_docs();
     for (_, d) in &docs {
         let name = d["metadata"]["name"].as_str().unwrap();
-        assert!(stdout.contains(name), "apply output does not mention {name}:\n{stdout}");
+        assert!(
+            stdout.contains(name),
+            "apply output does not mention {name}:\n{stdout}"
+        );
     }
 
     // Re-applying the same files is a no-op (what CD tools do on every sync).
-    let (ok, stdout2, stderr) = tokio::task::block_in_place(|| kubectl(&["apply", "-f", manifests]));
+    let (ok, stdout2, stderr) =
+        tokio::task::block_in_place(|| kubectl(&["apply", "-f", manifests]));
     assert!(ok, "second kubectl apply failed:\n{stdout2}\n{stderr}");
 
     // Read every object back and compare the fields that matter.
@@ -347,9 +430,19 @@ async fn kubectl_apply_manifests_to_kube_sim_and_read_them_back() {
         let want: serde_json::Value = serde_json::to_value(want).unwrap();
         let have = items
             .iter()
-            .find(|i| i["kind"] == want["kind"] && i["metadata"]["name"] == want["metadata"]["name"])
-            .unwrap_or_else(|| panic!("{file}: {} {} not read back", want["kind"], want["metadata"]["name"]));
-        assert_eq!(have["metadata"]["namespace"], want["metadata"]["namespace"], "{file}");
+            .find(|i| {
+                i["kind"] == want["kind"] && i["metadata"]["name"] == want["metadata"]["name"]
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "{file}: {} {} not read back",
+                    want["kind"], want["metadata"]["name"]
+                )
+            });
+        assert_eq!(
+            have["metadata"]["namespace"], want["metadata"]["namespace"],
+            "{file}"
+        );
         for key in ["rules", "subjects", "roleRef", "spec"] {
             if !want[key].is_null() {
                 assert_json_subset(&want[key], &have[key], &format!("{file}: {key}"));
@@ -359,7 +452,14 @@ async fn kubectl_apply_manifests_to_kube_sim_and_read_them_back() {
 
     // kubectl's own view of the namespaced objects, by name.
     let (ok, names, stderr) = tokio::task::block_in_place(|| {
-        kubectl(&["-n", "resources-ingester", "get", "deployment,service,serviceaccount,role,rolebinding", "-o", "name"])
+        kubectl(&[
+            "-n",
+            "resources-ingester",
+            "get",
+            "deployment,service,serviceaccount,role,rolebinding",
+            "-o",
+            "name",
+        ])
     });
     assert!(ok, "{stderr}");
     for n in [

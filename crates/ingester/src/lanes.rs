@@ -1,0 +1,340 @@
+//! The bounded queue and the worker pool. The queue is sharded into lanes: an object always
+//! goes to the same lane (hash of its uid), so its events stay in order from the watch to the
+//! commit, and each lane's worker builds records, coalesces them and writes its batches on its
+//! own connection. Full lanes back-pressure the watches; nothing is buffered without limit.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+use crate::events::{
+    BatchFlushed, BatchWriteFailed, EventProcessed, InvalidCompositionLabel, RecordDropped,
+    RecordSanitised,
+};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::object::RawObject;
+use crate::record::{build_record, EventKind, Notice, Record};
+use crate::routes::Route;
+use crate::storage::writer::{BatchWriter, Tombstone};
+
+/// One watch event, as the watch saw it.
+pub struct WatchedEvent {
+    pub object: RawObject,
+    pub route: Arc<Route>,
+    pub kind: EventKind,
+    pub observed_at: DateTime<Utc>,
+}
+
+enum LaneItem {
+    Event(WatchedEvent),
+    Tombstone(Tombstone),
+    /// Answered once everything queued before it is committed.
+    Barrier(oneshot::Sender<()>),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct LaneSettings {
+    pub lanes: usize,
+    pub capacity: usize,
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+}
+
+/// The senders into the lanes; cheap to clone. Lanes stop when every clone is dropped.
+#[derive(Clone)]
+pub struct Lanes {
+    senders: Arc<Vec<mpsc::Sender<LaneItem>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// The lanes are shutting down.
+#[derive(Debug, thiserror::Error)]
+#[error("worker lanes are closed")]
+pub struct LanesClosed;
+
+impl Lanes {
+    /// Starts the lane workers on `tracker`.
+    pub fn start(
+        settings: LaneSettings,
+        cluster: Arc<str>,
+        writer: BatchWriter,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        tracker: &TaskTracker,
+    ) -> Lanes {
+        let mut senders = Vec::with_capacity(settings.lanes);
+        for idx in 0..settings.lanes {
+            let (tx, rx) = mpsc::channel(settings.capacity);
+            senders.push(tx);
+            let worker = LaneWorker {
+                idx,
+                settings,
+                cluster: cluster.clone(),
+                writer: writer.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+            };
+            tracker.spawn(worker.run(rx));
+        }
+        Lanes {
+            senders: Arc::new(senders),
+            metrics,
+        }
+    }
+
+    fn lane_of(&self, uid: &str) -> &mpsc::Sender<LaneItem> {
+        // SipHash with fixed keys: stable for the life of the process, which is all that
+        // per-object ordering needs.
+        let mut h = std::hash::DefaultHasher::new();
+        uid.hash(&mut h);
+        let i = (h.finish() % self.senders.len() as u64) as usize;
+        &self.senders[i]
+    }
+
+    async fn send(&self, key: &str, item: LaneItem) -> Result<(), LanesClosed> {
+        self.metrics.queue_depth.inc();
+        let r = self.lane_of(key).send(item).await.map_err(|_| LanesClosed);
+        if r.is_err() {
+            self.metrics.queue_depth.dec();
+        }
+        r
+    }
+
+    /// Queues an event; waits while the object's lane is full.
+    pub async fn send_event(&self, event: WatchedEvent) -> Result<(), LanesClosed> {
+        let key = event.object.uid().unwrap_or_default().to_owned();
+        self.send(&key, LaneItem::Event(event)).await
+    }
+
+    /// Queues "this object is gone" for the row of `uid`.
+    pub async fn send_tombstone(
+        &self,
+        uid: &str,
+        global_uid: String,
+        observed_at: DateTime<Utc>,
+    ) -> Result<(), LanesClosed> {
+        self.send(
+            uid,
+            LaneItem::Tombstone(Tombstone {
+                global_uid,
+                observed_at,
+            }),
+        )
+        .await
+    }
+
+    /// Returns once everything queued before this call is committed.
+    pub async fn barrier(&self) -> Result<(), LanesClosed> {
+        let mut acks = Vec::with_capacity(self.senders.len());
+        for tx in self.senders.iter() {
+            let (ack, wait) = oneshot::channel();
+            tx.send(LaneItem::Barrier(ack))
+                .await
+                .map_err(|_| LanesClosed)?;
+            acks.push(wait);
+        }
+        for wait in acks {
+            wait.await.map_err(|_| LanesClosed)?;
+        }
+        Ok(())
+    }
+
+    /// Events waiting in all lanes.
+    pub fn depth(&self) -> usize {
+        self.senders
+            .iter()
+            .map(|s| s.max_capacity() - s.capacity())
+            .sum()
+    }
+}
+
+/// Records of one batch, one per object (the newest state wins), plus tombstones.
+#[derive(Default)]
+struct Batch {
+    records: Vec<Record>,
+    index: HashMap<String, usize>,
+    tombstones: Vec<Tombstone>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.records.len() + self.tombstones.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, record: Record) {
+        match self.index.get(&record.global_uid) {
+            Some(&i) => {
+                let older = matches!(
+                    (record.object_resource_version, self.records[i].object_resource_version),
+                    (Some(new), Some(old)) if new < old
+                );
+                if !older {
+                    self.records[i] = record;
+                }
+            }
+            None => {
+                self.index
+                    .insert(record.global_uid.clone(), self.records.len());
+                self.records.push(record);
+            }
+        }
+    }
+}
+
+struct LaneWorker {
+    idx: usize,
+    settings: LaneSettings,
+    cluster: Arc<str>,
+    writer: BatchWriter,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+impl LaneWorker {
+    async fn run(self, mut rx: mpsc::Receiver<LaneItem>) {
+        let mut batch = Batch::default();
+        let mut barriers: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut open = true;
+        loop {
+            let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            let must_flush =
+                batch.len() >= self.settings.batch_size || due || !open || !barriers.is_empty();
+            if must_flush {
+                if !batch.is_empty() {
+                    self.flush(std::mem::take(&mut batch)).await;
+                }
+                deadline = None;
+                for ack in barriers.drain(..) {
+                    let _ = ack.send(());
+                }
+                if !open {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                item = rx.recv() => match item {
+                    None => open = false,
+                    Some(item) => {
+                        self.accept(item, &mut batch, &mut barriers);
+                        // Take what is already queued without another trip through select!.
+                        while batch.len() < self.settings.batch_size && barriers.is_empty() {
+                            match rx.try_recv() {
+                                Ok(item) => self.accept(item, &mut batch, &mut barriers),
+                                Err(_) => break,
+                            }
+                        }
+                        if deadline.is_none() && !batch.is_empty() {
+                            deadline = Some(tokio::time::Instant::now() + self.settings.flush_interval);
+                        }
+                    }
+                },
+                _ = sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    fn accept(&self, item: LaneItem, batch: &mut Batch, barriers: &mut Vec<oneshot::Sender<()>>) {
+        match item {
+            LaneItem::Event(ev) => {
+                self.metrics.queue_depth.dec();
+                let started = Instant::now();
+                let ok = self.build(ev, batch);
+                EventProcessed {
+                    elapsed: started.elapsed(),
+                    ok,
+                }
+                .emit(&self.metrics);
+            }
+            LaneItem::Tombstone(t) => {
+                self.metrics.queue_depth.dec();
+                batch.tombstones.push(t);
+            }
+            LaneItem::Barrier(ack) => barriers.push(ack),
+        }
+    }
+
+    fn build(&self, ev: WatchedEvent, batch: &mut Batch) -> bool {
+        let name = ev.object.metadata.name.clone().unwrap_or_default();
+        match build_record(ev.object, &ev.route, &self.cluster, ev.kind, ev.observed_at) {
+            Ok((record, notices)) => {
+                for n in &notices {
+                    match n {
+                        Notice::InvalidCompositionLabel(v) => InvalidCompositionLabel {
+                            global_uid: &record.global_uid,
+                            value: v,
+                        }
+                        .emit(&self.metrics),
+                        Notice::NulRemoved => RecordSanitised {
+                            global_uid: &record.global_uid,
+                            reason: "nul_in_string",
+                        }
+                        .emit(&self.metrics),
+                    }
+                }
+                batch.push(record);
+                true
+            }
+            Err(e) => {
+                RecordDropped::from_error(&ev.route.plural, &name, &e).emit(&self.metrics);
+                false
+            }
+        }
+    }
+
+    /// Writes the batch, retrying with backoff until it commits: nothing accepted is dropped.
+    async fn flush(&self, batch: Batch) {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0u32;
+        loop {
+            let started = Instant::now();
+            match self.writer.write(&batch.records, &batch.tombstones).await {
+                Ok(stats) => {
+                    self.health.set_db(true, None);
+                    BatchFlushed {
+                        lane: self.idx,
+                        records: batch.records.len(),
+                        rows_written: stats.rows_written,
+                        tombstones: stats.tombstoned,
+                        elapsed: started.elapsed(),
+                    }
+                    .emit(&self.metrics);
+                    return;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    let msg = e.to_string();
+                    self.health.set_db(false, Some(&msg));
+                    BatchWriteFailed {
+                        lane: self.idx,
+                        records: batch.len(),
+                        attempt,
+                        retry_in: delay,
+                        error: &msg,
+                    }
+                    .emit(&self.metrics);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

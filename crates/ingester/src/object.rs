@@ -1,0 +1,261 @@
+//! `RawObject`: a watched object kept as the JSON text the API server sent, plus the handful
+//! of metadata fields the pipeline needs. No `serde_json::Value` tree is ever built for an
+//! object, and nothing but this one event's object is held: the table is the memory.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::{ApiResource, DynamicResourceScope, Resource};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// The label carrying a Krateo composition id.
+pub const COMPOSITION_LABEL: &str = "krateo.io/composition-id";
+
+/// A Kubernetes object as JSON text with its identity fields parsed out.
+#[derive(Clone)]
+pub struct RawObject {
+    /// Only `name`, `namespace`, `uid` and `resourceVersion` are filled: enough for
+    /// kube-runtime's watcher (bookmarks) and for logging.
+    pub metadata: ObjectMeta,
+    pub creation_timestamp: Option<String>,
+    pub deletion_timestamp: Option<String>,
+    /// The raw value of the `krateo.io/composition-id` label, if any.
+    pub composition_label: Option<String>,
+    /// `apiVersion` as served (differs from the route's when a CRD version is switched).
+    pub api_version: Option<String>,
+    /// The full object as compact JSON.
+    pub json: String,
+    /// Byte range of the `.status` value inside `json`.
+    pub status: Option<Range<usize>>,
+}
+
+impl RawObject {
+    /// Parses an object from its JSON text.
+    pub fn from_json(json: String) -> Result<Self, serde_json::Error> {
+        let env: Envelope<'_> = serde_json::from_str(&json)?;
+        let status = env.status.map(|s| {
+            // `s` borrows from `json`, so its offset is plain pointer arithmetic.
+            let start = s.get().as_ptr() as usize - json.as_ptr() as usize;
+            start..start + s.get().len()
+        });
+        let meta = env.metadata;
+        let metadata = ObjectMeta {
+            name: meta.name.map(Cow::into_owned),
+            namespace: meta.namespace.map(Cow::into_owned),
+            uid: meta.uid.map(Cow::into_owned),
+            resource_version: meta.resource_version.map(Cow::into_owned),
+            ..ObjectMeta::default()
+        };
+        Ok(Self {
+            metadata,
+            creation_timestamp: meta.creation_timestamp.map(Cow::into_owned),
+            deletion_timestamp: meta.deletion_timestamp.map(Cow::into_owned),
+            composition_label: meta.labels.0,
+            api_version: env.api_version.map(Cow::into_owned),
+            status,
+            json,
+        })
+    }
+
+    pub fn status_json(&self) -> Option<&str> {
+        self.status.clone().and_then(|r| self.json.get(r))
+    }
+
+    pub fn uid(&self) -> Option<&str> {
+        self.metadata.uid.as_deref()
+    }
+
+    pub fn resource_version(&self) -> Option<&str> {
+        self.metadata.resource_version.as_deref()
+    }
+
+    /// `metadata.resourceVersion` as an integer, when it is one (it is opaque by contract;
+    /// etcd-backed servers use the revision number, which orders changes).
+    pub fn resource_version_number(&self) -> Option<i64> {
+        self.resource_version().and_then(|rv| rv.parse().ok())
+    }
+}
+
+impl fmt::Debug for RawObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never dump the object: it may be megabytes, and Secrets-like data must not reach logs.
+        f.debug_struct("RawObject")
+            .field("namespace", &self.metadata.namespace)
+            .field("name", &self.metadata.name)
+            .field("uid", &self.metadata.uid)
+            .field("resourceVersion", &self.metadata.resource_version)
+            .field("bytes", &self.json.len())
+            .finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for RawObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // kube's list type buffers its items (it has a flattened field), so a zero-copy
+        // `RawValue` cannot be used here: transcode whatever the deserializer holds straight
+        // to JSON text, without building a `serde_json::Value`.
+        let mut json = Vec::with_capacity(4096);
+        {
+            let mut ser = serde_json::Serializer::new(&mut json);
+            serde_transcode::transcode(deserializer, &mut ser).map_err(de::Error::custom)?;
+        }
+        let json = String::from_utf8(json).map_err(de::Error::custom)?;
+        RawObject::from_json(json).map_err(de::Error::custom)
+    }
+}
+
+impl Resource for RawObject {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        dt.kind.as_str().into()
+    }
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        dt.group.as_str().into()
+    }
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.version.as_str().into()
+    }
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.api_version.as_str().into()
+    }
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        dt.plural.as_str().into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, rename = "apiVersion", default)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    metadata: SlimMeta<'a>,
+    #[serde(borrow, default)]
+    status: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct SlimMeta<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    uid: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    resource_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    creation_timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    deletion_timestamp: Option<Cow<'a, str>>,
+    #[serde(default)]
+    labels: CompositionLabel,
+}
+
+/// Keeps only the composition label out of `metadata.labels`, skipping the rest unparsed.
+#[derive(Default)]
+struct CompositionLabel(Option<String>);
+
+impl<'de> Deserialize<'de> for CompositionLabel {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CompositionLabel;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of labels")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(CompositionLabel(None))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(CompositionLabel(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut found = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == COMPOSITION_LABEL {
+                        found = map.next_value::<Option<String>>()?;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(CompositionLabel(found))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POD: &str = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"ns","uid":"u-1","resourceVersion":"42","creationTimestamp":"2024-01-02T03:04:05Z","labels":{"a":"b","krateo.io/composition-id":"0f9e2c4c-3c1d-4b8e-9a51-1a2b3c4d5e6f"},"managedFields":[{"manager":"x"}]},"spec":{"x":1},"status":{"phase":"Running"}}"#;
+
+    #[test]
+    fn parses_identity_fields_and_keeps_the_text() {
+        let o = RawObject::from_json(POD.to_owned()).expect("valid");
+        assert_eq!(o.metadata.name.as_deref(), Some("p"));
+        assert_eq!(o.metadata.namespace.as_deref(), Some("ns"));
+        assert_eq!(o.uid(), Some("u-1"));
+        assert_eq!(o.resource_version_number(), Some(42));
+        assert_eq!(
+            o.creation_timestamp.as_deref(),
+            Some("2024-01-02T03:04:05Z")
+        );
+        assert_eq!(
+            o.composition_label.as_deref(),
+            Some("0f9e2c4c-3c1d-4b8e-9a51-1a2b3c4d5e6f")
+        );
+        assert_eq!(o.status_json(), Some(r#"{"phase":"Running"}"#));
+        assert_eq!(o.json, POD);
+        assert_eq!(o.api_version.as_deref(), Some("v1"));
+    }
+
+    #[test]
+    fn deserializes_through_a_buffering_deserializer() {
+        // Mimics kube's ObjectList, whose flattened field makes serde buffer the items.
+        #[derive(Deserialize)]
+        struct List {
+            #[serde(flatten)]
+            _rest: std::collections::BTreeMap<String, IgnoredAny>,
+            items: Vec<RawObject>,
+        }
+        let text = format!(r#"{{"kind":"PodList","items":[{POD}]}}"#);
+        let list: List = serde_json::from_str(&text).expect("list");
+        let o = &list.items[0];
+        assert_eq!(o.uid(), Some("u-1"));
+        let v: serde_json::Value = serde_json::from_str(&o.json).expect("json");
+        let orig: serde_json::Value = serde_json::from_str(POD).expect("json");
+        assert_eq!(v, orig);
+        assert_eq!(o.status_json(), Some(r#"{"phase":"Running"}"#));
+    }
+
+    #[test]
+    fn missing_fields_are_none() {
+        let o = RawObject::from_json(r#"{"metadata":{"labels":null}}"#.to_owned()).expect("ok");
+        assert!(o.uid().is_none());
+        assert!(o.status.is_none());
+        assert!(o.composition_label.is_none());
+        assert_eq!(o.resource_version_number(), None);
+    }
+
+    #[test]
+    fn debug_never_prints_the_object() {
+        let o = RawObject::from_json(POD.to_owned()).expect("ok");
+        let dbg = format!("{o:?}");
+        assert!(!dbg.contains("Running"));
+    }
+}

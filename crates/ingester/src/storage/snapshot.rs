@@ -1,0 +1,121 @@
+//! What the table already holds for one list scope: the `(uid, resourceVersion)` pairs of
+//! its live rows, loaded once per (re)list so unchanged objects are never re-sent and
+//! objects the list no longer has can be marked deleted. Only ids and numbers are held.
+
+use std::collections::HashMap;
+
+use deadpool_postgres::Pool;
+use futures::{pin_mut, TryStreamExt};
+
+/// One list's scope: a kind in one cluster, optionally one namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub cluster: String,
+    pub group: String,
+    pub plural: String,
+    /// API version the watch serves: rows stored at another version are rewritten.
+    pub version: String,
+    pub namespace: Option<String>,
+}
+
+/// Live rows of a scope: uid -> resourceVersion of the stored state (`None` when the row was
+/// stored at another API version or without a numeric resourceVersion: always rewritten).
+#[derive(Debug, Default)]
+pub struct ScopeSnapshot {
+    rows: HashMap<String, Option<i64>>,
+}
+
+/// What to do with a listed object.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Listed {
+    /// The table holds exactly this state.
+    Unchanged,
+    /// New or changed: write it.
+    Changed,
+}
+
+impl ScopeSnapshot {
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, Option<i64>)>) -> Self {
+        Self {
+            rows: pairs.into_iter().collect(),
+        }
+    }
+
+    /// Marks `uid` as seen by the list and says whether it must be written.
+    pub fn observe(&mut self, uid: &str, resource_version: Option<i64>) -> Listed {
+        match (self.rows.remove(uid), resource_version) {
+            (Some(Some(stored)), Some(listed)) if stored == listed => Listed::Unchanged,
+            _ => Listed::Changed,
+        }
+    }
+
+    /// The uids of live rows the list did not have: their objects are gone.
+    pub fn into_missing(self) -> impl Iterator<Item = String> {
+        self.rows.into_keys()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Loads the live rows of a scope (streamed, so only the pairs are held).
+    pub async fn load(pool: &Pool, scope: &Scope) -> Result<ScopeSnapshot, String> {
+        let client = pool.get().await.map_err(|e| e.to_string())?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT uid, CASE WHEN resource_version = $4 THEN object_resource_version END
+                   FROM krateo_resources
+                  WHERE cluster_name = $1 AND resource_group = $2 AND resource_plural = $3
+                    AND deleted_at IS NULL AND ($5::text IS NULL OR namespace = $5)",
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+            &scope.cluster,
+            &scope.group,
+            &scope.plural,
+            &scope.version,
+            &scope.namespace,
+        ];
+        let stream = client
+            .query_raw(&stmt, params)
+            .await
+            .map_err(|e| e.to_string())?;
+        pin_mut!(stream);
+        let mut rows = HashMap::new();
+        while let Some(row) = stream.try_next().await.map_err(|e| e.to_string())? {
+            rows.insert(row.get::<_, String>(0), row.get::<_, Option<i64>>(1));
+        }
+        Ok(ScopeSnapshot { rows })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_only_when_the_same_numeric_version_is_stored() {
+        let mut s = ScopeSnapshot::from_pairs([
+            ("a".to_owned(), Some(5)),
+            ("b".to_owned(), Some(5)),
+            ("c".to_owned(), None),
+            ("gone".to_owned(), Some(1)),
+        ]);
+        assert_eq!(s.observe("a", Some(5)), Listed::Unchanged);
+        assert_eq!(s.observe("b", Some(6)), Listed::Changed);
+        assert_eq!(s.observe("c", Some(5)), Listed::Changed);
+        assert_eq!(s.observe("new", Some(1)), Listed::Changed);
+        assert_eq!(
+            s.observe("a", None),
+            Listed::Changed,
+            "seen twice: no longer in the set"
+        );
+        let missing: Vec<String> = s.into_missing().collect();
+        assert_eq!(missing, vec!["gone".to_owned()]);
+    }
+}

@@ -1,0 +1,355 @@
+//! One watch: kube-runtime's `watcher` over one kind (in one namespace or cluster-wide),
+//! turned into lane events. Lists are compared with the table's snapshot of the scope, so
+//! unchanged objects are not re-sent and objects a list no longer has are marked deleted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use kube::api::{Api, ApiResource};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{ListCompleted, Relisting, WatchFailed};
+use crate::health::Health;
+use crate::lanes::{Lanes, LanesClosed, WatchedEvent};
+use crate::metrics::Metrics;
+use crate::object::RawObject;
+use crate::record::{global_uid, EventKind};
+use crate::routes::Route;
+use crate::storage::snapshot::{Listed, Scope, ScopeSnapshot};
+use crate::storage::Database;
+
+/// What every watch shares.
+pub struct WatchContext {
+    pub client: kube::Client,
+    pub lanes: Lanes,
+    pub db: Database,
+    pub cluster: Arc<str>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    /// Bounds the lists running at once.
+    pub list_permits: Arc<Semaphore>,
+    pub page_size: u32,
+}
+
+/// CRD events forwarded to the manager.
+#[derive(Debug)]
+pub enum CrdEvent {
+    /// A (re)list of CRDs starts.
+    ListStarted,
+    Applied(RawObject),
+    Deleted(RawObject),
+    /// The list is complete: CRDs not applied since `ListStarted` are gone.
+    ListDone,
+}
+
+/// One watch to run.
+#[derive(Clone, Debug)]
+pub struct WatchSpec {
+    pub route: Arc<Route>,
+    /// `None`: cluster-wide.
+    pub namespace: Option<String>,
+    /// A static route: its first list gates readiness.
+    pub is_static: bool,
+}
+
+impl WatchSpec {
+    pub fn label(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} in {ns}", self.route),
+            None => self.route.to_string(),
+        }
+    }
+
+    fn scope(&self, cluster: &str) -> Scope {
+        Scope {
+            cluster: cluster.to_owned(),
+            group: self.route.group.clone(),
+            plural: self.route.plural.clone(),
+            version: self.route.version.clone(),
+            namespace: self.namespace.clone(),
+        }
+    }
+}
+
+pub fn api_resource(route: &Route) -> ApiResource {
+    ApiResource {
+        group: route.group.clone(),
+        version: route.version.clone(),
+        api_version: route.api_version(),
+        kind: route.kind.clone(),
+        plural: route.plural.clone(),
+    }
+}
+
+/// Keeps `active_watches` honest however the watch ends.
+struct ActiveWatch(Arc<Metrics>);
+impl ActiveWatch {
+    fn new(m: Arc<Metrics>) -> Self {
+        m.active_watches.inc();
+        Self(m)
+    }
+}
+impl Drop for ActiveWatch {
+    fn drop(&mut self) {
+        self.0.active_watches.dec();
+    }
+}
+
+/// State of the list in progress.
+struct ListInProgress {
+    snapshot: ScopeSnapshot,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    listed: u64,
+    unchanged: u64,
+}
+
+/// Runs one watch until `cancel`; returns early only when the lanes close.
+pub async fn run_watch(
+    ctx: Arc<WatchContext>,
+    spec: WatchSpec,
+    cancel: CancellationToken,
+    crd_events: Option<mpsc::Sender<CrdEvent>>,
+) {
+    let _active = ActiveWatch::new(ctx.metrics.clone());
+    let label = spec.label();
+    let ar = api_resource(&spec.route);
+    let api: Api<RawObject> = match &spec.namespace {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &ar),
+        None => Api::all_with(ctx.client.clone(), &ar),
+    };
+    let config = watcher::Config::default().page_size(ctx.page_size);
+    let stream = watcher::watcher(api, config).default_backoff();
+    futures::pin_mut!(stream);
+
+    let mut list: Option<ListInProgress> = None;
+    let mut first_list_done = false;
+    let mut last_error: Option<&'static str> = None;
+    let namespace = spec.namespace.clone().unwrap_or_default();
+    let scope = spec.scope(&ctx.cluster);
+
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => break,
+            next = stream.next() => next,
+        };
+        let Some(event) = next else { break };
+        let observed_at = Utc::now();
+        let result: Result<(), LanesClosed> = async {
+            match event {
+                Ok(Event::Init) => {
+                    let reason = if first_list_done {
+                        last_error.take().unwrap_or("restart")
+                    } else {
+                        "initial"
+                    };
+                    Relisting {
+                        resource: &spec.route.plural,
+                        namespace: &namespace,
+                        reason,
+                    }
+                    .emit(&ctx.metrics);
+                    if let Some(tx) = &crd_events {
+                        let _ = tx.send(CrdEvent::ListStarted).await;
+                    }
+                    let Some(started) = start_list(&ctx, &scope, &cancel).await? else {
+                        return Ok(());
+                    };
+                    list = Some(started);
+                }
+                Ok(Event::InitApply(obj)) => {
+                    if let Some(tx) = &crd_events {
+                        let _ = tx.send(CrdEvent::Applied(obj.clone())).await;
+                    }
+                    let decision = match list.as_mut() {
+                        Some(l) => {
+                            l.listed += 1;
+                            let d = l.snapshot.observe(
+                                obj.uid().unwrap_or_default(),
+                                obj.resource_version_number(),
+                            );
+                            if d == Listed::Unchanged {
+                                l.unchanged += 1;
+                            }
+                            d
+                        }
+                        None => Listed::Changed,
+                    };
+                    if decision == Listed::Changed {
+                        ctx.lanes
+                            .send_event(WatchedEvent {
+                                object: obj,
+                                route: spec.route.clone(),
+                                kind: EventKind::Apply,
+                                observed_at,
+                            })
+                            .await?;
+                    }
+                }
+                Ok(Event::InitDone) => {
+                    if let Some(l) = list.take() {
+                        let mut gone = 0u64;
+                        for uid in l.snapshot.into_missing() {
+                            gone += 1;
+                            let g = global_uid(&ctx.cluster, &uid);
+                            ctx.lanes.send_tombstone(&uid, g, observed_at).await?;
+                        }
+                        ListCompleted {
+                            resource: &spec.route.plural,
+                            namespace: &namespace,
+                            listed: l.listed,
+                            unchanged: l.unchanged,
+                            gone,
+                        }
+                        .emit(&ctx.metrics);
+                    }
+                    if let Some(tx) = &crd_events {
+                        let _ = tx.send(CrdEvent::ListDone).await;
+                    }
+                    if !first_list_done {
+                        first_list_done = true;
+                        if spec.is_static {
+                            ctx.health.static_route_listed();
+                        }
+                    }
+                }
+                Ok(Event::Apply(obj)) => {
+                    if let Some(tx) = &crd_events {
+                        let _ = tx.send(CrdEvent::Applied(obj.clone())).await;
+                    }
+                    ctx.lanes
+                        .send_event(WatchedEvent {
+                            object: obj,
+                            route: spec.route.clone(),
+                            kind: EventKind::Apply,
+                            observed_at,
+                        })
+                        .await?;
+                }
+                Ok(Event::Delete(obj)) => {
+                    if let Some(tx) = &crd_events {
+                        let _ = tx.send(CrdEvent::Deleted(obj.clone())).await;
+                    }
+                    ctx.lanes
+                        .send_event(WatchedEvent {
+                            object: obj,
+                            route: spec.route.clone(),
+                            kind: EventKind::Delete,
+                            observed_at,
+                        })
+                        .await?;
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    let (reason, unavailable) = classify(&e);
+                    last_error = Some(reason);
+                    WatchFailed {
+                        resource: &label,
+                        error: &text,
+                    }
+                    .emit(&ctx.metrics);
+                    // A list that failed half-way starts over with a fresh snapshot.
+                    list = None;
+                    if unavailable && !first_list_done && spec.is_static {
+                        // The server lacks the kind (or RBAC forbids it): keep retrying, but do
+                        // not hold readiness hostage to it.
+                        first_list_done = true;
+                        ctx.health.static_route_listed();
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            break;
+        }
+    }
+}
+
+/// Waits for a list permit, lets every queued change commit, then loads the scope's rows.
+/// `None` when cancelled meanwhile.
+async fn start_list(
+    ctx: &WatchContext,
+    scope: &Scope,
+    cancel: &CancellationToken,
+) -> Result<Option<ListInProgress>, LanesClosed> {
+    let permit = tokio::select! {
+        _ = cancel.cancelled() => return Ok(None),
+        p = ctx.list_permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return Ok(None) },
+    };
+    // Rows of changes still queued must be in the table before we read it, or a delete the
+    // list reveals could be missed (the row would appear after the snapshot).
+    ctx.lanes.barrier().await?;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match ScopeSnapshot::load(&ctx.db.pool, scope).await {
+            Ok(snapshot) => {
+                return Ok(Some(ListInProgress {
+                    snapshot,
+                    _permit: permit,
+                    listed: 0,
+                    unchanged: 0,
+                }));
+            }
+            Err(e) => {
+                ctx.health.set_db(false, Some(&e));
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A short reason for the relists metric, and whether the kind is unavailable on the server.
+fn classify(e: &watcher::Error) -> (&'static str, bool) {
+    let api_code = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
+        watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
+    };
+    match api_code {
+        Some(410) => ("expired", false),
+        Some(404) => ("not_found", true),
+        Some(403) => ("forbidden", true),
+        Some(_) => ("api_error", false),
+        None => ("connection", false),
+    }
+}
+
+/// Marks every live row of `scope` deleted, in order with anything still queued for those
+/// objects (tombstones go through the objects' lanes after a barrier).
+pub async fn sweep_scope(
+    ctx: &WatchContext,
+    scope: &Scope,
+    cancel: &CancellationToken,
+) -> Result<(), LanesClosed> {
+    let Some(list) = start_list(ctx, scope, cancel).await? else {
+        return Ok(());
+    };
+    let now = Utc::now();
+    let mut gone = 0u64;
+    for uid in list.snapshot.into_missing() {
+        gone += 1;
+        let g = global_uid(&ctx.cluster, &uid);
+        ctx.lanes.send_tombstone(&uid, g, now).await?;
+    }
+    ListCompleted {
+        resource: &scope.plural,
+        namespace: scope.namespace.as_deref().unwrap_or(""),
+        listed: 0,
+        unchanged: 0,
+        gone,
+    }
+    .emit(&ctx.metrics);
+    Ok(())
+}
