@@ -1,0 +1,157 @@
+//! Shared set-up for the ingester's end-to-end tests: kube-sim in-process, a private
+//! database, the ingester binary as a child process.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use kube_sim::{KubeSim, SimConfig, Store};
+use serde_json::{json, Value};
+use testkit::pg::TestDb;
+use testkit::process::IngesterProcess;
+
+pub const CLUSTER: &str = "test-cluster";
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct Harness {
+    pub sim: KubeSim,
+    pub db: TestDb,
+    pub dir: tempfile::TempDir,
+}
+
+impl Harness {
+    pub async fn new() -> anyhow::Result<Harness> {
+        Self::with_sim(SimConfig::default()).await
+    }
+
+    pub async fn with_sim(cfg: SimConfig) -> anyhow::Result<Harness> {
+        let sim = KubeSim::start(cfg).await?;
+        let db = TestDb::create().await?;
+        let dir = tempfile::tempdir()?;
+        sim.write_kubeconfig(&dir.path().join("kubeconfig"))?;
+        Ok(Harness { sim, db, dir })
+    }
+
+    pub fn store(&self) -> Store {
+        self.sim.store()
+    }
+
+    /// The ingester's environment for this harness plus `extra` (which wins).
+    pub fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env = self.db.ingester_env();
+        env.push((
+            "KUBECONFIG".into(),
+            self.dir.path().join("kubeconfig").display().to_string(),
+        ));
+        env.push(("CLUSTER_NAME".into(), CLUSTER.into()));
+        env.push(("FLUSH_INTERVAL".into(), "50ms".into()));
+        env.push(("DB_READY_TIMEOUT".into(), "20s".into()));
+        env.push(("SHUTDOWN_TIMEOUT".into(), "20s".into()));
+        for (k, v) in extra {
+            env.retain(|(n, _)| n != k);
+            env.push(((*k).into(), (*v).into()));
+        }
+        env
+    }
+
+    pub fn spawn(&self, extra: &[(&str, &str)]) -> anyhow::Result<IngesterProcess> {
+        IngesterProcess::start(
+            std::path::Path::new(env!("CARGO_BIN_EXE_resources-ingester")),
+            &self.env(extra),
+        )
+    }
+
+    pub async fn start_ready(&self, extra: &[(&str, &str)]) -> anyhow::Result<IngesterProcess> {
+        let mut p = self.spawn(extra)?;
+        p.wait_ready(WAIT).await?;
+        Ok(p)
+    }
+
+    /// The row of the object with `uid`: (raw, deleted_at is set).
+    pub async fn row(&self, uid: &str) -> anyhow::Result<Option<(Value, bool)>> {
+        let c = self.db.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT raw, deleted_at IS NOT NULL FROM krateo_resources WHERE global_uid = $1",
+                &[&format!("{CLUSTER}:{uid}")],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Waits until the object's row satisfies `pred`.
+    pub async fn wait_row(
+        &self,
+        uid: &str,
+        what: &str,
+        pred: impl Fn(&Value, bool) -> bool,
+    ) -> anyhow::Result<Value> {
+        testkit::eventually(what, WAIT, || async {
+            match self.row(uid).await.map_err(|e| e.to_string())? {
+                Some((raw, deleted)) if pred(&raw, deleted) => Ok(Some(raw)),
+                Some((raw, deleted)) => Err(format!(
+                    "row rv {:?} deleted={deleted}",
+                    raw.pointer("/metadata/resourceVersion")
+                )),
+                None => Err("no row".into()),
+            }
+        })
+        .await
+    }
+
+    pub async fn count(&self, sql_where: &str) -> anyhow::Result<i64> {
+        let c = self.db.client().await?;
+        Ok(c.query_one(
+            &format!("SELECT count(*) FROM krateo_resources WHERE {sql_where}"),
+            &[],
+        )
+        .await?
+        .get(0))
+    }
+
+    pub async fn wait_count(&self, sql_where: &str, expected: i64) -> anyhow::Result<()> {
+        testkit::eventually(
+            &format!("{expected} rows where {sql_where}"),
+            WAIT,
+            || async {
+                let n = self.count(sql_where).await.map_err(|e| e.to_string())?;
+                if n == expected {
+                    Ok(Some(()))
+                } else {
+                    Err(format!("{n} rows"))
+                }
+            },
+        )
+        .await
+    }
+}
+
+pub fn uid(v: &Value) -> String {
+    v.pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+pub fn rv(v: &Value) -> String {
+    v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+pub fn namespace(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+}
+
+pub fn pod(ns: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+        "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}]},
+        "status": {"phase": "Running"}
+    })
+}
+
+pub fn configmap(ns: &str, name: &str, data: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": data})
+}
