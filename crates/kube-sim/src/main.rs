@@ -1,11 +1,13 @@
-//! `kube-sim` binary: flags, optional preload/churn, serve until SIGTERM/SIGINT.
+//! `kube-sim` binary: flags, optional preload/load/churn, serve until SIGTERM/SIGINT.
 
 use clap::Parser;
-use kube_sim::{KubeSim, SimConfig};
+use kube_sim::workload::{self, WorkloadConfig};
+use kube_sim::{KubeSim, SimConfig, Store};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,6 +30,33 @@ struct Args {
     /// Interval between watch BOOKMARK events, e.g. 1s, 60s.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     bookmark_interval: Duration,
+    /// Load objects from a `kubectl get -A -o json` List or a JSON-lines file.
+    #[arg(long)]
+    load: Option<PathBuf>,
+    /// Generate this many pods (with their Deployments/ReplicaSets/Services/ConfigMaps).
+    #[arg(long, default_value_t = 0)]
+    pods: usize,
+    /// Namespaces the generated objects spread over.
+    #[arg(long, default_value_t = 10)]
+    namespaces: usize,
+    /// Approximate JSON size of each generated pod, bytes.
+    #[arg(long, default_value_t = 6144)]
+    object_bytes: usize,
+    /// Also generate the Krateo CRDs and custom resources.
+    #[arg(long)]
+    krateo: bool,
+    /// Number of Krateo custom resources (with --krateo).
+    #[arg(long, default_value_t = 100)]
+    custom_resources: usize,
+    /// Seed of the generator and of the churn.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Changes per second applied to pods and custom resources (0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    churn_rate: f64,
+    /// Stop the churn after this long (default: until exit).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    churn_duration: Option<Duration>,
 }
 
 #[tokio::main]
@@ -39,13 +68,38 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let store = Store::new(args.history);
+    if let Some(path) = &args.load {
+        let r = kube_sim::load::load_file(&store, path)?;
+        tracing::info!(loaded = r.loaded, skipped = r.skipped, errors = ?r.errors, "loaded {}", path.display());
+    }
+    if args.pods > 0 || args.krateo {
+        let cfg = WorkloadConfig {
+            seed: args.seed,
+            namespaces: args.namespaces,
+            pods: args.pods,
+            target_bytes: args.object_bytes,
+            apps: args.pods > 0,
+            krateo: args.krateo,
+            custom_resources: args.custom_resources,
+        };
+        let r = workload::preload(&store, &cfg);
+        tracing::info!(
+            objects = r.objects,
+            pods = r.pods,
+            custom_resources = r.custom_resources,
+            pod_mean_bytes = r.pod_mean_bytes,
+            elapsed_ms = r.elapsed_ms as u64,
+            "workload preloaded"
+        );
+    }
     let cfg = SimConfig {
         listen: args.listen,
         history: args.history,
         bookmark_interval: args.bookmark_interval,
         tls: args.tls,
     };
-    let sim = KubeSim::start(cfg).await?;
+    let sim = KubeSim::start_with_store(cfg, store).await?;
     if let Some(p) = &args.kubeconfig_out {
         sim.write_kubeconfig(p)?;
     }
@@ -54,10 +108,26 @@ async fn main() -> anyhow::Result<()> {
         writeln!(out, "kube-sim listening on {}", sim.base_url())?;
         out.flush()?;
     }
+    let cancel = CancellationToken::new();
+    let churn = (args.churn_rate > 0.0).then(|| {
+        tokio::spawn(workload::churn(
+            sim.store(),
+            args.churn_rate,
+            args.churn_duration,
+            args.seed,
+            cancel.clone(),
+        ))
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+    cancel.cancel();
+    if let Some(c) = churn {
+        if let Ok(r) = c.await {
+            tracing::info!(?r, "churn stopped");
+        }
     }
     sim.shutdown().await;
     Ok(())
