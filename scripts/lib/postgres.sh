@@ -1,0 +1,97 @@
+# PostgreSQL helpers shared by demo.sh, test.sh and .ci/run. Source this file.
+# A fresh Debian/Ubuntu machine may have no PostgreSQL at all: install the server package,
+# then either use the machine's server (when it accepts user postgres over TCP without a
+# password) or start a private throwaway instance with trust auth.
+
+pg_log() { echo "[postgres] $*" >&2; }
+
+pg_bin_dir() {
+    ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+}
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+ensure_pg_installed() {
+    if [ -n "$(pg_bin_dir)" ] && command -v psql >/dev/null 2>&1; then
+        return 0
+    fi
+    pg_log "PostgreSQL server not found; installing the Debian package"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null
+    [ -n "$(pg_bin_dir)" ] || { pg_log "installation failed: no /usr/lib/postgresql/*/bin"; return 1; }
+}
+
+# True when HOST:PORT accepts user postgres without a password.
+pg_trust_ok() {
+    PGCONNECT_TIMEOUT=3 psql -h "$1" -p "$2" -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1
+}
+
+# Starts the machine's own cluster when it is installed but stopped (as CI machines boot it).
+start_system_pg() {
+    command -v pg_ctlcluster >/dev/null 2>&1 || return 1
+    local ver
+    ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+    [ -n "$ver" ] || return 1
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start >/dev/null 2>&1 || true
+    for _ in $(seq 1 30); do
+        pg_trust_ok 127.0.0.1 5432 && return 0
+        sleep 0.5
+    done
+    return 1
+}
+
+# A port nobody listens on (pure bash: a fresh machine may lack python3 and curl).
+free_tcp_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+    done
+}
+
+# http_get PORT PATH: prints the status code, then the body.
+http_get() {
+    local port=$1 path=$2
+    (
+        exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
+        printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$path" >&3
+        sed -n '1s/^HTTP\/[0-9.]* \([0-9]*\).*/\1/p; /^\r\{0,1\}$/,$p' <&3 | sed '2{/^\r\{0,1\}$/d}'
+    ) 2>/dev/null
+}
+
+# start_private_pg DIR: initdb + start on a free port, trust auth, socket in DIR.
+# Sets PRIVATE_PG_PORT and PRIVATE_PG_DIR.
+start_private_pg() {
+    local dir="$1" bin port run=()
+    bin=$(pg_bin_dir)
+    port=$(free_tcp_port)
+    mkdir -p "$dir"
+    if [ "$(id -u)" = 0 ]; then
+        # initdb refuses to run as root.
+        id postgres >/dev/null 2>&1 || useradd --system --home "$dir" postgres
+        chown -R postgres "$dir"
+        run=(runuser -u postgres --)
+    fi
+    "${run[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; return 1; }
+    "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null \
+        || { cat "$dir/server.log" >&2; return 1; }
+    PRIVATE_PG_PORT=$port
+    PRIVATE_PG_DIR=$dir
+    pg_log "private PostgreSQL on 127.0.0.1:$port (data in $dir/data)"
+}
+
+stop_private_pg() {
+    [ -n "${PRIVATE_PG_DIR:-}" ] || return 0
+    local run=()
+    [ "$(id -u)" = 0 ] && run=(runuser -u postgres --)
+    "${run[@]}" "$(pg_bin_dir)/pg_ctl" -D "$PRIVATE_PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+    rm -rf "$PRIVATE_PG_DIR"
+    PRIVATE_PG_DIR=
+}

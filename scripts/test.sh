@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. On a fresh machine it first gets a PostgreSQL: the machine's
+# own on 127.0.0.1:5432 when it accepts user postgres without a password (started if it is
+# installed but stopped), else a private throwaway instance (installing the server package
+# when missing). kubectl tests need `kubectl` on PATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/postgres.sh
+
+if [ -z "${TEST_PG_HOST:-}" ]; then
+    ensure_pg_installed
+    if pg_trust_ok 127.0.0.1 5432 || start_system_pg; then
+        export TEST_PG_HOST=127.0.0.1 TEST_PG_PORT=5432
+    else
+        tmp=$(mktemp -d /tmp/ingester-test-pg.XXXXXX)
+        start_private_pg "$tmp"
+        trap stop_private_pg EXIT
+        export TEST_PG_HOST=127.0.0.1 TEST_PG_PORT=$PRIVATE_PG_PORT
+    fi
+fi
+command -v kubectl >/dev/null 2>&1 || echo "warning: kubectl not on PATH; kubectl tests will be skipped" >&2
+
+cargo test --workspace --all-targets "$@"
