@@ -818,6 +818,7 @@ pub(crate) struct Shared {
     pub drop_tx: watch::Sender<u64>,
     pub faults: Faults,
     pub open_watches: AtomicUsize,
+    pub watches_started: AtomicU64,
 }
 
 /// Counters of `GET /_sim/stats`.
@@ -828,6 +829,8 @@ pub struct Stats {
     pub compacted_resource_version: u64,
     pub history: usize,
     pub open_watches: usize,
+    /// Watches opened since start (tells a resumed watch from a lost one).
+    pub watches_started: u64,
     pub pending_failures: u64,
     pub delay_ms: u64,
 }
@@ -855,6 +858,7 @@ impl Store {
                 drop_tx: watch::channel(0).0,
                 faults: Faults::default(),
                 open_watches: AtomicUsize::new(0),
+                watches_started: AtomicU64::new(0),
             }),
         }
     }
@@ -1143,6 +1147,7 @@ impl Store {
             compacted_resource_version: g.compacted_rv,
             history: g.history.len(),
             open_watches: self.shared.open_watches.load(Ordering::SeqCst),
+            watches_started: self.shared.watches_started.load(Ordering::SeqCst),
             pending_failures: self.shared.faults.fail.load(Ordering::SeqCst),
             delay_ms: self.shared.faults.delay_ms.load(Ordering::SeqCst),
         }

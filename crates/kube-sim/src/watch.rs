@@ -146,6 +146,7 @@ pub(crate) fn start(
     let initial_end = q.send_initial == Some(true);
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     store.shared.open_watches.fetch_add(1, Ordering::SeqCst);
+    store.shared.watches_started.fetch_add(1, Ordering::SeqCst);
     let guard = OpenGuard(store.clone());
     let store = store.clone();
     tokio::spawn(async move {

@@ -162,7 +162,7 @@ pub fn pod(rng: &mut SmallRng, app: &App, idx: usize, target_bytes: usize) -> Va
     let names = ["app", "sidecar-proxy", "log-shipper", "metrics-exporter"];
     // Bigger targets get more containers; the rest of the size is padding.
     let n_containers =
-        (target_bytes / 2600).clamp(1, 3) + usize::from(target_bytes >= 4096 && idx % 2 == 1);
+        (target_bytes / 3000).clamp(1, 3) + usize::from(target_bytes >= 8192 && idx % 2 == 1);
     let containers: Vec<Value> = names[..n_containers]
         .iter()
         .map(|c| container(rng, c, app, 4))
