@@ -42,7 +42,8 @@ const COPY_TYPES: &[Type] = &[
 ];
 
 /// Refreshes every mutable column; never lets an older object state overwrite a newer one.
-/// A delete carrying the same resourceVersion as the live row still applies.
+/// A delete carrying the same resourceVersion as the live row still applies, and so does the
+/// same state served at another API version (a CRD's watched version switched).
 const UPSERT_SQL: &str = "INSERT INTO krateo_resources AS t
     (created_at, updated_at, deleted_at, cluster_name, uid, namespace, global_uid, resource_group,
      resource_version, resource_kind, resource_plural, resource_name, composition_id, raw, status_raw,
@@ -66,7 +67,8 @@ const UPSERT_SQL: &str = "INSERT INTO krateo_resources AS t
       OR EXCLUDED.object_resource_version IS NULL
       OR t.object_resource_version < EXCLUDED.object_resource_version
       OR (t.object_resource_version = EXCLUDED.object_resource_version
-          AND EXCLUDED.deleted_at IS NOT NULL AND t.deleted_at IS NULL)";
+          AND ((EXCLUDED.deleted_at IS NOT NULL AND t.deleted_at IS NULL)
+               OR t.resource_version IS DISTINCT FROM EXCLUDED.resource_version))";
 
 const TOMBSTONE_SQL: &str = "UPDATE krateo_resources SET deleted_at = $2, updated_at = $2
   WHERE global_uid = ANY($1) AND deleted_at IS NULL";
