@@ -297,6 +297,7 @@ async fn status_loop(
         let runtime = tokio::runtime::Handle::current().metrics();
         info!(
             queue_depth = lanes.depth(),
+            pending_batch = metrics.pending_batch.get(),
             active_watches = metrics.active_watches.get(),
             rows_written = metrics.rows_written.get(),
             db_up = health.db_up(),

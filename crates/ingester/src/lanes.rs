@@ -212,7 +212,10 @@ impl LaneWorker {
                 batch.len() >= self.settings.batch_size || due || !open || !barriers.is_empty();
             if must_flush {
                 if !batch.is_empty() {
-                    self.flush(std::mem::take(&mut batch)).await;
+                    let batch = std::mem::take(&mut batch);
+                    let n = batch.len() as i64;
+                    self.flush(batch).await;
+                    self.metrics.pending_batch.dec_by(n);
                 }
                 deadline = None;
                 for ack in barriers.drain(..) {
@@ -246,6 +249,7 @@ impl LaneWorker {
     }
 
     fn accept(&self, item: LaneItem, batch: &mut Batch, barriers: &mut Vec<oneshot::Sender<()>>) {
+        let before = batch.len();
         match item {
             LaneItem::Event(ev) => {
                 self.metrics.queue_depth.dec();
@@ -263,6 +267,7 @@ impl LaneWorker {
             }
             LaneItem::Barrier(ack) => barriers.push(ack),
         }
+        self.metrics.pending_batch.inc_by((batch.len() - before) as i64);
     }
 
     fn build(&self, ev: WatchedEvent, batch: &mut Batch) -> bool {
