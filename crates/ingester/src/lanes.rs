@@ -267,7 +267,9 @@ impl LaneWorker {
             }
             LaneItem::Barrier(ack) => barriers.push(ack),
         }
-        self.metrics.pending_batch.inc_by((batch.len() - before) as i64);
+        self.metrics
+            .pending_batch
+            .inc_by((batch.len() - before) as i64);
     }
 
     fn build(&self, ev: WatchedEvent, batch: &mut Batch) -> bool {
