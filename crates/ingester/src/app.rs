@@ -84,6 +84,37 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let client = kube::Client::try_from(kube_config)
         .map_err(|e| anyhow::anyhow!("Kubernetes client: {e}"))?;
+
+    // One SIGTERM/SIGINT listener for the whole run (a standby may get it while waiting).
+    let term = shutdown_signal();
+    tokio::pin!(term);
+    // Leader election: a standby waits here (ready, no watch, no write) until it holds the
+    // Lease; the leader keeps renewing it in the background (see leader.rs).
+    let lease_stop = CancellationToken::new();
+    let lease_lost = CancellationToken::new();
+    let mut lease_keeper = None;
+    if config.leader_election {
+        metrics.is_leader.set(0);
+        let mut elector = crate::leader::LeaderElector::new(
+            client.clone(),
+            crate::leader::LeaseSettings::from_config(&config),
+        );
+        info!(identity = elector.identity(), lease = %config.lease_name, "leader election on: waiting for the lease");
+        let stop_waiting = CancellationToken::new();
+        let acquired = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = &mut term => false,
+            ok = elector.acquire(&stop_waiting) => ok,
+        };
+        if !acquired {
+            info!("stopped while standing by; bye");
+            servers.cancel();
+            return Ok(());
+        }
+        lease_keeper = Some(tokio::spawn(
+            elector.keep(lease_stop.clone(), lease_lost.clone()),
+        ));
+    }
     metrics.is_leader.set(1);
 
     let lane_tracker = TaskTracker::new();
@@ -151,7 +182,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     info!(cluster = %cluster, "running");
     tokio::select! {
         _ = shutdown.cancelled() => {}
-        _ = shutdown_signal() => {}
+        _ = &mut term => {}
+        _ = lease_lost.cancelled() => {}
     }
     info!("shutting down: stopping watches, draining the queue");
     watches.cancel();
@@ -160,7 +192,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         lane_tracker.wait().await;
     })
     .await;
+    // Release the lease only after the last commit, so the next leader never writes
+    // alongside this one's tail.
+    if let Some(keeper) = lease_keeper {
+        lease_stop.cancel();
+        if let Ok(mut elector) = keeper.await {
+            if !lease_lost.is_cancelled() {
+                elector.release().await;
+            }
+        }
+        metrics.is_leader.set(0);
+    }
     servers.cancel();
+    if lease_lost.is_cancelled() {
+        anyhow::bail!("lost the leader lease: stopped watching and writing; exiting so that this replica restarts as a standby");
+    }
     match drained {
         Ok(()) => {
             info!("queue drained and flushed; bye");

@@ -105,6 +105,15 @@ pub struct Config {
     /// Identity of this replica in the Lease (downward API; defaults to the host name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// How long a Lease holder is trusted without renewing (`leaseDurationSeconds`).
+    #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// The leader gives up (and exits non-zero) when it could not renew for this long.
+    #[arg(long, env = "LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_renew_deadline: Duration,
+    /// Interval between tries to acquire or renew the Lease.
+    #[arg(long, env = "LEASE_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub lease_retry_period: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

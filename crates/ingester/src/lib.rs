@@ -7,6 +7,7 @@ pub mod config;
 pub mod events;
 pub mod health;
 pub mod lanes;
+pub mod leader;
 pub mod manager;
 pub mod metrics;
 pub mod object;

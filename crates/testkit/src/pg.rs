@@ -106,3 +106,146 @@ impl Drop for TestDb {
         .join();
     }
 }
+
+/// A PostgreSQL server this test owns (`initdb` into a temporary directory, `pg_ctl` on a free
+/// port), so it can stop and start the server without disturbing anybody else.
+/// `initdb` refuses to run as root: as root, the binaries run as the `postgres` user with
+/// the data directory owned by it.
+pub struct PrivatePg {
+    pub port: u16,
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    as_postgres: bool,
+}
+
+impl PrivatePg {
+    /// The directory holding `initdb` and `pg_ctl` (`PG_BIN_DIR`, else the newest
+    /// `/usr/lib/postgresql/*/bin`), if any.
+    pub fn bin_dir() -> Option<std::path::PathBuf> {
+        if let Ok(d) = std::env::var("PG_BIN_DIR") {
+            let d = std::path::PathBuf::from(d);
+            return d.join("initdb").exists().then_some(d);
+        }
+        let mut dirs: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let bin = e.path().join("bin");
+                bin.join("initdb").exists().then_some((v, bin))
+            })
+            .collect();
+        dirs.sort();
+        dirs.pop().map(|(_, d)| d)
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
+        let exe = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let out = cmd
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| anyhow::anyhow!("running {tool}: {e}"))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{tool} {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// `initdb` + start. `Ok(None)` when no PostgreSQL binaries are installed.
+    pub fn start() -> anyhow::Result<Option<PrivatePg>> {
+        let Some(bin) = Self::bin_dir() else {
+            return Ok(None);
+        };
+        let dir = tempfile::Builder::new().prefix("private-pg").tempdir()?;
+        // The effective uid, via `id -u` (no libc dependency).
+        let as_root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        if as_root {
+            let st = std::process::Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(dir.path())
+                .status()?;
+            anyhow::ensure!(st.success(), "chown postgres {}", dir.path().display());
+        }
+        let pg = PrivatePg {
+            port: crate::free_port(),
+            bin,
+            dir,
+            as_postgres: as_root,
+        };
+        let data = pg.data();
+        pg.run(
+            "initdb",
+            &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"],
+        )?;
+        pg.pg_start()?;
+        Ok(Some(pg))
+    }
+
+    /// Starts the (stopped) server on its port; waits until it accepts connections.
+    pub fn pg_start(&self) -> anyhow::Result<()> {
+        let data = self.data();
+        let log = self.dir.path().join("postgres.log").display().to_string();
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB -c max_connections=100",
+            self.port,
+            self.dir.path().display()
+        );
+        self.run("pg_ctl", &["-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start"])
+    }
+
+    /// Stops the server (`fast`: disconnects clients, like a restart of the database).
+    pub fn pg_stop(&self) -> anyhow::Result<()> {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "-t", "60", "stop"])
+    }
+
+    pub fn server(&self) -> PgServer {
+        PgServer {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            user: "postgres".into(),
+            password: String::new(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+impl TestDb {
+    /// A throwaway database on a given server (e.g. a [`PrivatePg`]).
+    pub async fn create_on(server: PgServer) -> anyhow::Result<TestDb> {
+        let name = format!("it_{}", uuid::Uuid::new_v4().simple());
+        let admin = server.connect("postgres").await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+        Ok(TestDb { server, name })
+    }
+}
