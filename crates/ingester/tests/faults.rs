@@ -463,6 +463,36 @@ async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() 
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_renew_steps_down_and_the_standby_takes_over() -> anyhow::Result<()> {
+    let h = rig(10).await?;
+    let store = h.store();
+    let mut a = h.start_ready(&leader_env("replica-a")).await?;
+    testkit::eventually("replica-a leads", WAIT, || async {
+        Ok((metric(&a, "ingester_leader").await == 1.0).then_some(()))
+    })
+    .await?;
+    let b = h.start_ready(&leader_env("replica-b")).await?;
+    let churn = Churn::start(store.clone(), 100.0, 10);
+    sleep_ms(1500).await;
+    // The API server fails every request for longer than the renew deadline (4 s).
+    store.fail_next(u64::MAX / 2);
+    let st = a.wait_exit(Duration::from_secs(20)).await?;
+    eprintln!("leader exit after failing to renew: {st}");
+    assert!(!st.success(), "a leader that lost its lease exits non-zero");
+    assert!(a.log().contains("could not renew the leader lease"), "log:\n{}", a.log());
+    store.fail_next(0);
+    testkit::eventually("replica-b takes over once the lease expires", Duration::from_secs(20), || async {
+        Ok((metric(&b, "ingester_leader").await == 1.0).then_some(()))
+    })
+    .await?;
+    sleep_ms(1500).await;
+    let report = churn.stop().await;
+    eprintln!("churn: {report:?}");
+    assert_converged(&h, &[&b]).await?;
+    Ok(())
+}
+
 /// Randomized faults under steady churn for `SOAK_SECONDS` (default 60). Not in CI:
 /// `SOAK_SECONDS=120 cargo test -p resources-ingester --test faults -- --ignored soak --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
