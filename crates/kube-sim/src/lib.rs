@@ -4,6 +4,7 @@
 //! [`KubeSim::kubeconfig_yaml`], and drive objects either over REST or through [`Store`].
 
 mod api;
+pub mod bench;
 pub mod error;
 pub mod load;
 mod openapi;

@@ -54,6 +54,10 @@ struct Args {
     /// Changes per second applied to pods and custom resources (0 = none).
     #[arg(long, default_value_t = 0.0)]
     churn_rate: f64,
+    /// Measure the cost of serving the list of all pods (a child server with --pods) against
+    /// decoding it, print the figures as JSON lines, and exit.
+    #[arg(long)]
+    bench_list: bool,
     /// Stop the churn after this long (default: until exit).
     #[arg(long, value_parser = humantime::parse_duration)]
     churn_duration: Option<Duration>,
@@ -68,6 +72,14 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.bench_list {
+        let exe = std::env::current_exe()?;
+        let pods = if args.pods == 0 { 100_000 } else { args.pods };
+        for r in kube_sim::bench::run(&exe, pods, args.object_bytes, 3).await? {
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        return Ok(());
+    }
     let store = Store::new(args.history);
     if let Some(path) = &args.load {
         let r = kube_sim::load::load_file(&store, path)?;

@@ -43,8 +43,19 @@ pub fn storage_key(group: &str, plural: &str) -> Arc<str> {
 
 /// Built-in kinds: (group, version, plural, singular, Kind, namespaced, short names, has status).
 /// Adding a kind is one line.
+type Builtin = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    bool,
+    &'static str,
+    bool,
+);
+
 #[rustfmt::skip]
-const BUILTINS: &[(&str, &str, &str, &str, &str, bool, &str, bool)] = &[
+const BUILTINS: &[Builtin] = &[
     ("", "v1", "namespaces", "namespace", "Namespace", false, "ns", true),
     ("", "v1", "pods", "pod", "Pod", true, "po", true),
     ("", "v1", "configmaps", "configmap", "ConfigMap", true, "cm", false),
