@@ -1,0 +1,265 @@
+//! The benchmark's object set: pods of realistic shape (containers, probes, env, volumes,
+//! owner references, labels with a Krateo composition id on a share of them, managedFields,
+//! a status with conditions and container statuses) spread over namespaces, at a chosen
+//! serialized size. The size is reached by calibrating the number of environment variables
+//! once, so every pod of a run has (nearly) the same size.
+
+use serde_json::{json, Value};
+
+/// The annotation churn stamps with the change time (RFC 3339, nanoseconds, UTC), the same
+/// key kube-sim's own workload generator uses.
+pub const CHANGED_AT: &str = "kube-sim.io/changed-at";
+
+/// Pods per namespace.
+pub const PODS_PER_NAMESPACE: usize = 1000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Size {
+    /// ~2 KiB: one container, no managedFields.
+    Small,
+    /// ~10 KiB: two containers, managedFields (the "realistic pod").
+    Realistic,
+    /// ~16 KiB: three containers, managedFields.
+    Large,
+}
+
+impl Size {
+    pub fn target_bytes(self) -> usize {
+        match self {
+            Size::Small => 2 * 1024,
+            Size::Realistic => 10 * 1024,
+            Size::Large => 16 * 1024,
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Size::Small => "2KiB",
+            Size::Realistic => "10KiB",
+            Size::Large => "16KiB",
+        }
+    }
+    fn containers(self) -> usize {
+        match self {
+            Size::Small => 1,
+            Size::Realistic => 2,
+            Size::Large => 3,
+        }
+    }
+    fn managed_fields(self) -> bool {
+        self != Size::Small
+    }
+}
+
+pub fn namespace_name(i: usize) -> String {
+    format!("bench-{i:04}")
+}
+
+pub fn namespace(i: usize) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {
+            "name": namespace_name(i),
+            "labels": {"kubernetes.io/metadata.name": namespace_name(i), "team": format!("team-{}", i % 17)}
+        },
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"}
+    })
+}
+
+/// Pod `i` (0-based) and its namespace.
+pub fn pod_key(i: usize) -> (String, String) {
+    let app = i % 97;
+    (
+        namespace_name(i / PODS_PER_NAMESPACE),
+        format!("app-{app:02}-7d9f8b6c5d-{i:07x}"),
+    )
+}
+
+fn hex_uuid(a: u64, b: u64) -> String {
+    let x = (a as u128) << 64 | b as u128;
+    let s = format!("{x:032x}");
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &s[0..8],
+        &s[8..12],
+        &s[13..16],
+        &s[17..20],
+        &s[20..32]
+    )
+}
+
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51afd7ed558ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ceb9fe1a85ec53);
+    x ^ (x >> 33)
+}
+
+fn container(i: usize, c: usize, envs: usize) -> Value {
+    let env: Vec<Value> = (0..envs)
+        .map(|e| {
+            json!({"name": format!("APP_SETTING_{c}_{e:03}"), "value": format!("value-{:016x}", mix((i * 131 + c * 17 + e) as u64))})
+        })
+        .collect();
+    json!({
+        "name": if c == 0 { "app".to_owned() } else { format!("sidecar-{c}") },
+        "image": format!("registry.example.com/team/app-{}:1.{}.{}", i % 97, c, i % 13),
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [{"name": "http", "containerPort": 8080 + c, "protocol": "TCP"}],
+        "env": env,
+        "resources": {"limits": {"cpu": "500m", "memory": "256Mi"}, "requests": {"cpu": "100m", "memory": "128Mi"}},
+        "volumeMounts": [
+            {"name": "config", "mountPath": "/etc/app", "readOnly": true},
+            {"name": "kube-api-access-x7k2p", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}
+        ],
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080 + c, "scheme": "HTTP"}, "initialDelaySeconds": 10, "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080 + c, "scheme": "HTTP"}, "timeoutSeconds": 1, "periodSeconds": 5, "successThreshold": 1, "failureThreshold": 3},
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true, "capabilities": {"drop": ["ALL"]}}
+    })
+}
+
+fn managed_fields(containers: usize) -> Value {
+    let mut spec_containers = serde_json::Map::new();
+    for c in 0..containers {
+        let name = if c == 0 { "app".to_owned() } else { format!("sidecar-{c}") };
+        spec_containers.insert(
+            format!("k:{{\"name\":\"{name}\"}}"),
+            json!({".": {}, "f:env": {".": {}, "k:{\"name\":\"APP_SETTING\"}": {".": {}, "f:name": {}, "f:value": {}}},
+                   "f:image": {}, "f:imagePullPolicy": {}, "f:livenessProbe": {".": {}, "f:failureThreshold": {}, "f:httpGet": {".": {}, "f:path": {}, "f:port": {}, "f:scheme": {}}, "f:initialDelaySeconds": {}, "f:periodSeconds": {}, "f:successThreshold": {}, "f:timeoutSeconds": {}},
+                   "f:name": {}, "f:ports": {".": {}, "k:{\"containerPort\":8080,\"protocol\":\"TCP\"}": {".": {}, "f:containerPort": {}, "f:name": {}, "f:protocol": {}}},
+                   "f:readinessProbe": {".": {}, "f:failureThreshold": {}, "f:httpGet": {".": {}, "f:path": {}, "f:port": {}, "f:scheme": {}}, "f:periodSeconds": {}, "f:successThreshold": {}, "f:timeoutSeconds": {}},
+                   "f:resources": {".": {}, "f:limits": {".": {}, "f:cpu": {}, "f:memory": {}}, "f:requests": {".": {}, "f:cpu": {}, "f:memory": {}}},
+                   "f:securityContext": {".": {}, "f:allowPrivilegeEscalation": {}, "f:capabilities": {".": {}, "f:drop": {}}, "f:readOnlyRootFilesystem": {}, "f:runAsNonRoot": {}},
+                   "f:terminationMessagePath": {}, "f:terminationMessagePolicy": {}, "f:volumeMounts": {".": {}, "k:{\"mountPath\":\"/etc/app\"}": {".": {}, "f:mountPath": {}, "f:name": {}, "f:readOnly": {}}}}),
+        );
+    }
+    json!([
+        {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1", "time": "2025-05-01T10:00:00Z", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:metadata": {"f:generateName": {}, "f:labels": {".": {}, "f:app.kubernetes.io/instance": {}, "f:app.kubernetes.io/name": {}, "f:pod-template-hash": {}},
+                                     "f:ownerReferences": {".": {}, "k:{\"uid\":\"owner\"}": {}}},
+                      "f:spec": {"f:containers": Value::Object(spec_containers), "f:dnsPolicy": {}, "f:enableServiceLinks": {}, "f:restartPolicy": {}, "f:schedulerName": {}, "f:securityContext": {}, "f:terminationGracePeriodSeconds": {}, "f:volumes": {".": {}, "k:{\"name\":\"config\"}": {".": {}, "f:configMap": {".": {}, "f:defaultMode": {}, "f:name": {}}, "f:name": {}}}}}},
+        {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": "2025-05-01T10:00:07Z", "fieldsType": "FieldsV1", "subresource": "status",
+         "fieldsV1": {"f:status": {"f:conditions": {"k:{\"type\":\"ContainersReady\"}": {".": {}, "f:lastProbeTime": {}, "f:lastTransitionTime": {}, "f:status": {}, "f:type": {}}, "k:{\"type\":\"Initialized\"}": {".": {}, "f:lastProbeTime": {}, "f:lastTransitionTime": {}, "f:status": {}, "f:type": {}}, "k:{\"type\":\"PodReadyToStartContainers\"}": {".": {}, "f:lastProbeTime": {}, "f:lastTransitionTime": {}, "f:status": {}, "f:type": {}}, "k:{\"type\":\"Ready\"}": {".": {}, "f:lastProbeTime": {}, "f:lastTransitionTime": {}, "f:status": {}, "f:type": {}}},
+                                   "f:containerStatuses": {}, "f:hostIP": {}, "f:hostIPs": {}, "f:phase": {}, "f:podIP": {}, "f:podIPs": {".": {}, "k:{\"ip\":\"10.0.0.1\"}": {".": {}, "f:ip": {}}}, "f:startTime": {}}}}
+    ])
+}
+
+fn build(i: usize, size: Size, envs: usize) -> Value {
+    let (ns, name) = pod_key(i);
+    let app = i % 97;
+    let h = mix(i as u64);
+    let mut labels = json!({
+        "app.kubernetes.io/name": format!("app-{app:02}"),
+        "app.kubernetes.io/instance": format!("app-{app:02}-{}", i % 5),
+        "pod-template-hash": "7d9f8b6c5d",
+    });
+    // A third of the pods belong to a Krateo composition.
+    if i % 3 == 0 {
+        labels["krateo.io/composition-id"] = json!(hex_uuid(mix(app as u64), 7));
+    }
+    let containers: Vec<Value> = (0..size.containers())
+        .map(|c| container(i, c, if c == 0 { envs } else { 4 }))
+        .collect();
+    let statuses: Vec<Value> = (0..size.containers())
+        .map(|c| {
+            json!({"name": if c == 0 { "app".to_owned() } else { format!("sidecar-{c}") }, "ready": true, "restartCount": 0, "started": true,
+                   "state": {"running": {"startedAt": "2025-05-01T10:00:05Z"}},
+                   "image": format!("registry.example.com/team/app-{}:1.{}.{}", i % 97, c, i % 13),
+                   "imageID": format!("registry.example.com/team/app@sha256:{:016x}{:016x}{:016x}{:016x}", h, mix(h), mix(h + 1), mix(h + 2)),
+                   "containerID": format!("containerd://{:016x}{:016x}{:016x}{:016x}", mix(h + 3), mix(h + 4), mix(h + 5), mix(h + 6))})
+        })
+        .collect();
+    let ip = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+    let mut meta = json!({
+        "name": name,
+        "namespace": ns,
+        "generateName": format!("app-{app:02}-7d9f8b6c5d-"),
+        "labels": labels,
+        "annotations": {"kubectl.kubernetes.io/restartedAt": "2025-05-01T09:59:00Z", CHANGED_AT: "2025-05-01T10:00:00.000000000Z"},
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("app-{app:02}-7d9f8b6c5d"), "uid": hex_uuid(mix(app as u64 + 1000), 9), "controller": true, "blockOwnerDeletion": true}],
+    });
+    if size.managed_fields() {
+        meta["managedFields"] = managed_fields(size.containers());
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": meta,
+        "spec": {
+            "containers": containers,
+            "volumes": [
+                {"name": "config", "configMap": {"name": format!("app-{app:02}-config"), "defaultMode": 420}},
+                {"name": "kube-api-access-x7k2p", "projected": {"defaultMode": 420, "sources": [{"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}, {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}}
+            ],
+            "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
+            "serviceAccountName": "default", "serviceAccount": "default", "nodeName": format!("node-{:03}", i % 50),
+            "securityContext": {"runAsUser": 1000, "fsGroup": 2000}, "schedulerName": "default-scheduler",
+            "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+                            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}],
+            "priority": 0, "enableServiceLinks": true, "preemptionPolicy": "PreemptLowerPriority"
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "PodReadyToStartContainers", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2025-05-01T10:00:04Z"},
+                {"type": "Initialized", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2025-05-01T10:00:01Z"},
+                {"type": "Ready", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2025-05-01T10:00:07Z"},
+                {"type": "ContainersReady", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2025-05-01T10:00:07Z"},
+                {"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2025-05-01T10:00:00Z"}
+            ],
+            "hostIP": format!("192.168.1.{}", i % 50), "hostIPs": [{"ip": format!("192.168.1.{}", i % 50)}],
+            "podIP": ip, "podIPs": [{"ip": ip}],
+            "startTime": "2025-05-01T10:00:00Z",
+            "containerStatuses": statuses,
+            "qosClass": "Burstable"
+        }
+    })
+}
+
+/// Generates pods of one size: calibrates the env count once.
+pub struct PodGen {
+    size: Size,
+    envs: usize,
+}
+
+impl PodGen {
+    pub fn new(size: Size) -> PodGen {
+        // Sizes as served (kube-sim adds uid, resourceVersion, creationTimestamp: ~130 bytes).
+        let served = |envs| serde_json::to_vec(&build(123_456, size, envs)).map_or(0, |v| v.len()) + 130;
+        let base = served(0);
+        let per = (served(10) - base) / 10;
+        let envs = size.target_bytes().saturating_sub(base) / per.max(1);
+        PodGen { size, envs }
+    }
+
+    pub fn pod(&self, i: usize) -> Value {
+        build(i, self.size, self.envs)
+    }
+}
+
+/// Loads `n` pods (and their namespaces) into the store.
+pub fn preload(store: &kube_sim::Store, n: usize, size: Size) -> anyhow::Result<()> {
+    let namespaces = n.div_ceil(PODS_PER_NAMESPACE).max(1);
+    let (_, err) = store.create_many((0..namespaces).map(namespace), false);
+    if let Some(e) = err {
+        anyhow::bail!("creating namespaces: {e:?}");
+    }
+    let gen = PodGen::new(size);
+    let mut i = 0;
+    while i < n {
+        let end = (i + 1000).min(n);
+        let (_, err) = store.create_many((i..end).map(|k| gen.pod(k)), false);
+        if let Some(e) = err {
+            anyhow::bail!("creating pods: {e:?}");
+        }
+        i = end;
+    }
+    Ok(())
+}
+
+/// Namespaces `preload` creates for `n` pods.
+pub fn namespaces_for(n: usize) -> usize {
+    n.div_ceil(PODS_PER_NAMESPACE).max(1)
+}
