@@ -75,6 +75,8 @@ start_private_pg() {
         # initdb refuses to run as root.
         id postgres >/dev/null 2>&1 || useradd --system --home "$dir" postgres
         chown -R postgres "$dir"
+        # mktemp makes 0700 directories: let the postgres user reach into its own.
+        chmod a+x "$(dirname "$dir")"
         run=(runuser -u postgres --)
     fi
     "${run[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \

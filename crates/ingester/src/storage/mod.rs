@@ -52,6 +52,21 @@ pub fn pg_config(c: &Config) -> tokio_postgres::Config {
     pg
 }
 
+/// An error with its causes ("error performing TLS handshake: invalid peer certificate: ...").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// Where the ingester's rows go: a pool of connections, each with its staging table.
 #[derive(Clone)]
 pub struct Database {
@@ -100,11 +115,11 @@ impl Database {
                         return Err(ConnectError::Timeout {
                             target,
                             timeout: c.db_ready_timeout,
-                            last_error: e.to_string(),
+                            last_error: error_chain(&e),
                         });
                     }
                     let wait = delay.min(deadline - now);
-                    warn!(attempt, target = %target, error = %e, retry_in_ms = wait.as_millis() as u64, "waiting for PostgreSQL");
+                    warn!(attempt, target = %target, error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "waiting for PostgreSQL");
                     tokio::time::sleep(wait).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
