@@ -255,22 +255,7 @@ async fn run_static_route(
             }
         }
     };
-    let specs: Vec<WatchSpec> = if namespaced && !namespaces.is_empty() {
-        namespaces
-            .iter()
-            .map(|ns| WatchSpec {
-                route: route.clone(),
-                namespace: Some(ns.clone()),
-                is_static: true,
-            })
-            .collect()
-    } else {
-        vec![WatchSpec {
-            route: route.clone(),
-            namespace: None,
-            is_static: true,
-        }]
-    };
+    let specs = WatchSpec::for_route(route.clone(), namespaced, &namespaces, true);
     if !reported_unavailable && specs.len() > 1 {
         // Readiness counts one per route; every namespace watch reports its first list.
         ctx.health.add_static_routes(specs.len() - 1);

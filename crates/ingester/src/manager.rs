@@ -170,23 +170,8 @@ impl Manager {
     fn start(&mut self, crd: String, watch: CrdWatch) {
         let cancel = self.cancel.child_token();
         let route = Arc::new(watch.route.clone());
-        let specs: Vec<WatchSpec> = if watch.namespaced && !self.namespaces.is_all() {
-            self.namespaces
-                .0
-                .iter()
-                .map(|ns| WatchSpec {
-                    route: route.clone(),
-                    namespace: Some(ns.clone()),
-                    is_static: false,
-                })
-                .collect()
-        } else {
-            vec![WatchSpec {
-                route: route.clone(),
-                namespace: None,
-                is_static: false,
-            }]
-        };
+        let specs =
+            WatchSpec::for_route(route.clone(), watch.namespaced, &self.namespaces.0, false);
         info!(crd = %crd, route = %route, watches = specs.len(), "starting custom resource watch");
         let tasks = specs
             .into_iter()

@@ -58,6 +58,32 @@ pub struct WatchSpec {
 }
 
 impl WatchSpec {
+    /// The watches a route needs: one per namespace for a namespaced kind when `NAMESPACES`
+    /// is set, else one cluster-wide.
+    pub fn for_route(
+        route: Arc<Route>,
+        namespaced: bool,
+        namespaces: &[String],
+        is_static: bool,
+    ) -> Vec<WatchSpec> {
+        if namespaced && !namespaces.is_empty() {
+            namespaces
+                .iter()
+                .map(|ns| WatchSpec {
+                    route: route.clone(),
+                    namespace: Some(ns.clone()),
+                    is_static,
+                })
+                .collect()
+        } else {
+            vec![WatchSpec {
+                route,
+                namespace: None,
+                is_static,
+            }]
+        }
+    }
+
     pub fn label(&self) -> String {
         match &self.namespace {
             Some(ns) => format!("{} in {ns}", self.route),
@@ -192,12 +218,7 @@ pub async fn run_watch(
                 }
                 Ok(Event::InitDone) => {
                     if let Some(l) = list.take() {
-                        let mut gone = 0u64;
-                        for uid in l.snapshot.into_missing() {
-                            gone += 1;
-                            let g = global_uid(&ctx.cluster, &uid);
-                            ctx.lanes.send_tombstone(&uid, g, observed_at).await?;
-                        }
+                        let gone = send_tombstones(&ctx, l.snapshot, observed_at).await?;
                         ListCompleted {
                             resource: &spec.route.plural,
                             namespace: &namespace,
@@ -218,30 +239,26 @@ pub async fn run_watch(
                     }
                 }
                 Ok(Event::Apply(obj)) => {
-                    if let Some(tx) = &crd_events {
-                        let _ = tx.send(CrdEvent::Applied(obj.clone())).await;
-                    }
-                    ctx.lanes
-                        .send_event(WatchedEvent {
-                            object: obj,
-                            route: spec.route.clone(),
-                            kind: EventKind::Apply,
-                            observed_at,
-                        })
-                        .await?;
+                    forward(
+                        &ctx,
+                        &spec,
+                        crd_events.as_ref(),
+                        obj,
+                        EventKind::Apply,
+                        observed_at,
+                    )
+                    .await?;
                 }
                 Ok(Event::Delete(obj)) => {
-                    if let Some(tx) = &crd_events {
-                        let _ = tx.send(CrdEvent::Deleted(obj.clone())).await;
-                    }
-                    ctx.lanes
-                        .send_event(WatchedEvent {
-                            object: obj,
-                            route: spec.route.clone(),
-                            kind: EventKind::Delete,
-                            observed_at,
-                        })
-                        .await?;
+                    forward(
+                        &ctx,
+                        &spec,
+                        crd_events.as_ref(),
+                        obj,
+                        EventKind::Delete,
+                        observed_at,
+                    )
+                    .await?;
                 }
                 Err(e) => {
                     let text = e.to_string();
@@ -336,13 +353,7 @@ pub async fn sweep_scope(
     let Some(list) = start_list(ctx, scope, cancel).await? else {
         return Ok(());
     };
-    let now = Utc::now();
-    let mut gone = 0u64;
-    for uid in list.snapshot.into_missing() {
-        gone += 1;
-        let g = global_uid(&ctx.cluster, &uid);
-        ctx.lanes.send_tombstone(&uid, g, now).await?;
-    }
+    let gone = send_tombstones(ctx, list.snapshot, Utc::now()).await?;
     ListCompleted {
         resource: &scope.plural,
         namespace: scope.namespace.as_deref().unwrap_or(""),
@@ -352,4 +363,45 @@ pub async fn sweep_scope(
     }
     .emit(&ctx.metrics);
     Ok(())
+}
+
+/// Queues a tombstone for every live row the list did not have; returns how many.
+async fn send_tombstones(
+    ctx: &WatchContext,
+    snapshot: ScopeSnapshot,
+    at: chrono::DateTime<Utc>,
+) -> Result<u64, LanesClosed> {
+    let mut gone = 0u64;
+    for uid in snapshot.into_missing() {
+        gone += 1;
+        let g = global_uid(&ctx.cluster, &uid);
+        ctx.lanes.send_tombstone(&uid, g, at).await?;
+    }
+    Ok(gone)
+}
+
+/// A live (not listed) change: to the manager when this is the CRD watch, and to its lane.
+async fn forward(
+    ctx: &WatchContext,
+    spec: &WatchSpec,
+    crd_events: Option<&mpsc::Sender<CrdEvent>>,
+    object: RawObject,
+    kind: EventKind,
+    observed_at: chrono::DateTime<Utc>,
+) -> Result<(), LanesClosed> {
+    if let Some(tx) = crd_events {
+        let event = match kind {
+            EventKind::Apply => CrdEvent::Applied(object.clone()),
+            EventKind::Delete => CrdEvent::Deleted(object.clone()),
+        };
+        let _ = tx.send(event).await;
+    }
+    ctx.lanes
+        .send_event(WatchedEvent {
+            object,
+            route: spec.route.clone(),
+            kind,
+            observed_at,
+        })
+        .await
 }
