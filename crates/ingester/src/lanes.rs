@@ -32,7 +32,8 @@ pub struct WatchedEvent {
 }
 
 enum LaneItem {
-    Event(WatchedEvent),
+    // Boxed: a RawObject carries a full ObjectMeta, and queue slots are sized by the largest item.
+    Event(Box<WatchedEvent>),
     Tombstone(Tombstone),
     /// Answered once everything queued before it is committed.
     Barrier(oneshot::Sender<()>),
@@ -109,7 +110,7 @@ impl Lanes {
     /// Queues an event; waits while the object's lane is full.
     pub async fn send_event(&self, event: WatchedEvent) -> Result<(), LanesClosed> {
         let key = event.object.uid().unwrap_or_default().to_owned();
-        self.send(&key, LaneItem::Event(event)).await
+        self.send(&key, LaneItem::Event(Box::new(event))).await
     }
 
     /// Queues "this object is gone" for the row of `uid`.
@@ -254,7 +255,7 @@ impl LaneWorker {
             LaneItem::Event(ev) => {
                 self.metrics.queue_depth.dec();
                 let started = Instant::now();
-                let ok = self.build(ev, batch);
+                let ok = self.build(*ev, batch);
                 EventProcessed {
                     elapsed: started.elapsed(),
                     ok,

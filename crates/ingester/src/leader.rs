@@ -131,8 +131,8 @@ impl LeaderElector {
             Err(e) => return Attempt::Retry(format!("reading the lease: {e}")),
         };
         let Some(mut lease) = current else {
-            let mut obj = DynamicObject::new(&self.s.name, &lease_resource())
-                .within(&self.s.namespace);
+            let mut obj =
+                DynamicObject::new(&self.s.name, &lease_resource()).within(&self.s.namespace);
             obj.data = json!({"spec": self.spec(&now_micro(), 0)});
             return match self.api.create(&PostParams::default(), &obj).await {
                 Ok(_) => Attempt::Held,
@@ -279,7 +279,9 @@ impl LeaderElector {
             .await
         {
             Ok(_) => info!(lease = %self.s.name, "released the leader lease"),
-            Err(e) => warn!(lease = %self.s.name, error = %e, "releasing the leader lease failed; it expires on its own"),
+            Err(e) => {
+                warn!(lease = %self.s.name, error = %e, "releasing the leader lease failed; it expires on its own")
+            }
         }
     }
 }

@@ -83,7 +83,10 @@ fn scope() -> CheckScope {
 }
 
 /// Polls the checker until green; the error carries the verdict and the ingester logs' tail.
-async fn assert_converged(h: &Harness, procs: &[&IngesterProcess]) -> anyhow::Result<converge::Verdict> {
+async fn assert_converged(
+    h: &Harness,
+    procs: &[&IngesterProcess],
+) -> anyhow::Result<converge::Verdict> {
     let c = h.db.client().await?;
     match converge::wait_converged(&h.store(), &c, &scope(), CONVERGE).await {
         Ok(v) => {
@@ -117,7 +120,10 @@ fn delete_pods(store: &Store, n: usize) -> Vec<String> {
     let mut gone = Vec::new();
     for p in store.list("v1", "Pod", None).into_iter().take(n) {
         let ns = p["metadata"]["namespace"].as_str().map(str::to_owned);
-        let name = p["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let name = p["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         if store.delete("v1", "Pod", ns.as_deref(), &name).is_ok() {
             gone.push(uid(&p));
         }
@@ -160,11 +166,17 @@ async fn compacted_history_forces_relists_that_find_the_deletes_in_between() -> 
         store.set_delay(0);
     }
     let report = churn.stop().await;
-    eprintln!("churn: {report:?}; deleted behind the watches' back: {}", deleted.len());
+    eprintln!(
+        "churn: {report:?}; deleted behind the watches' back: {}",
+        deleted.len()
+    );
     assert_converged(&h, &[&ing]).await?;
     for u in &deleted {
         let (_, gone) = h.row(u).await?.expect("row of a deleted pod");
-        assert!(gone, "pod {u} deleted while the watch was down has deleted_at");
+        assert!(
+            gone,
+            "pod {u} deleted while the watch was down has deleted_at"
+        );
     }
     let expired = metric(&ing, "ingester_relists_total{reason=\"expired\"}").await;
     let swept = metric(&ing, "ingester_sweep_deletes_total").await;
@@ -175,7 +187,8 @@ async fn compacted_history_forces_relists_that_find_the_deletes_in_between() -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deletes_while_stopped_are_found_and_unchanged_objects_are_not_rewritten() -> anyhow::Result<()> {
+async fn deletes_while_stopped_are_found_and_unchanged_objects_are_not_rewritten(
+) -> anyhow::Result<()> {
     let h = rig(3).await?;
     let store = h.store();
     let mut ing = h.start_ready(&[]).await?;
@@ -200,15 +213,32 @@ async fn deletes_while_stopped_are_found_and_unchanged_objects_are_not_rewritten
         .take(2)
     {
         let ns = cr["metadata"]["namespace"].as_str().map(str::to_owned);
-        let name = cr["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-        store.delete("composition.krateo.io/v1alpha2", "FireworksApp", ns.as_deref(), &name)?;
+        let name = cr["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        store.delete(
+            "composition.krateo.io/v1alpha2",
+            "FireworksApp",
+            ns.as_deref(),
+            &name,
+        )?;
         deleted.push(uid(&cr));
     }
     let mut changed = Vec::new();
     for p in store.list("v1", "Pod", None).into_iter().take(3) {
         let ns = p["metadata"]["namespace"].as_str().map(str::to_owned);
-        let name = p["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-        let p = store.merge_patch("v1", "Pod", ns.as_deref(), &name, &serde_json::json!({"status": {"phase": "Succeeded"}}))?;
+        let name = p["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let p = store.merge_patch(
+            "v1",
+            "Pod",
+            ns.as_deref(),
+            &name,
+            &serde_json::json!({"status": {"phase": "Succeeded"}}),
+        )?;
         changed.push(uid(&p));
     }
     for i in 0..2 {
@@ -220,11 +250,24 @@ async fn deletes_while_stopped_are_found_and_unchanged_objects_are_not_rewritten
     let written = metric(&ing, "ingester_rows_written_total").await;
     let skipped = metric(&ing, "ingester_rows_unchanged_skipped_total").await;
     let swept = metric(&ing, "ingester_sweep_deletes_total").await;
-    eprintln!("restart after changes: rows written {written}, unchanged skipped {skipped}, swept {swept}");
-    assert_eq!(swept, deleted.len() as f64, "every delete made while stopped is found");
-    assert_eq!(written, changed.len() as f64, "only the changed objects are rewritten");
+    eprintln!(
+        "restart after changes: rows written {written}, unchanged skipped {skipped}, swept {swept}"
+    );
+    assert_eq!(
+        swept,
+        deleted.len() as f64,
+        "every delete made while stopped is found"
+    );
+    assert_eq!(
+        written,
+        changed.len() as f64,
+        "only the changed objects are rewritten"
+    );
     for u in &deleted {
-        assert!(h.row(u).await?.is_some_and(|(_, d)| d), "{u} has deleted_at");
+        assert!(
+            h.row(u).await?.is_some_and(|(_, d)| d),
+            "{u} has deleted_at"
+        );
     }
     // Rows of untouched objects were not rewritten at all (same tuple version).
     let xmin_after: std::collections::HashMap<String, String> = c
@@ -235,10 +278,15 @@ async fn deletes_while_stopped_are_found_and_unchanged_objects_are_not_rewritten
         .collect();
     let rewritten: Vec<&String> = xmin_before
         .iter()
-        .filter(|(u, x)| !deleted.contains(u) && !changed.contains(u) && xmin_after.get(*u) != Some(x))
+        .filter(|(u, x)| {
+            !deleted.contains(u) && !changed.contains(u) && xmin_after.get(*u) != Some(x)
+        })
         .map(|(u, _)| u)
         .collect();
-    assert!(rewritten.is_empty(), "untouched rows rewritten: {rewritten:?}");
+    assert!(
+        rewritten.is_empty(),
+        "untouched rows rewritten: {rewritten:?}"
+    );
 
     // A restart over an unchanged cluster writes nothing.
     assert!(ing.terminate(WAIT).await?.success());
@@ -247,8 +295,13 @@ async fn deletes_while_stopped_are_found_and_unchanged_objects_are_not_rewritten
     sleep_ms(500).await;
     let written = metric(&ing, "ingester_rows_written_total").await;
     let skipped = metric(&ing, "ingester_rows_unchanged_skipped_total").await;
-    eprintln!("restart over an unchanged cluster: rows written {written}, unchanged skipped {skipped}");
-    assert_eq!(written, 0.0, "a relist of unchanged objects rewrites no rows");
+    eprintln!(
+        "restart over an unchanged cluster: rows written {written}, unchanged skipped {skipped}"
+    );
+    assert_eq!(
+        written, 0.0,
+        "a relist of unchanged objects rewrites no rows"
+    );
     assert!(skipped >= 300.0, "the relist saw the objects: {skipped}");
     Ok(())
 }
@@ -278,30 +331,44 @@ async fn postgres_stopped_for_10s_and_restarted_mid_stream() -> anyhow::Result<(
     };
     let db = TestDb::create_on(pg.server()).await?;
     let h = rig_on(5, Some(db)).await?;
-    let ing = h.start_ready(&[("DB_PARAMS", "sslmode=disable&connect_timeout=2")]).await?;
+    let ing = h
+        .start_ready(&[("DB_PARAMS", "sslmode=disable&connect_timeout=2")])
+        .await?;
     let churn = Churn::start(h.store(), 100.0, 5);
     sleep_ms(2000).await;
 
     pg.pg_stop()?;
     let stopped = Instant::now();
-    testkit::eventually("readiness false while PostgreSQL is down", Duration::from_secs(15), || async {
-        match ing.readyz().await {
-            Ok(200) => Err("still ready".to_owned()),
-            Ok(_) => Ok(Some(())),
-            Err(e) => Err(format!("probe server gone: {e}")),
-        }
-    })
+    testkit::eventually(
+        "readiness false while PostgreSQL is down",
+        Duration::from_secs(15),
+        || async {
+            match ing.readyz().await {
+                Ok(200) => Err("still ready".to_owned()),
+                Ok(_) => Ok(Some(())),
+                Err(e) => Err(format!("probe server gone: {e}")),
+            }
+        },
+    )
     .await?;
     let remaining = Duration::from_secs(10).saturating_sub(stopped.elapsed());
     tokio::time::sleep(remaining).await;
-    assert_eq!(ing.livez().await, Ok(200), "alive while the database is down");
+    assert_eq!(
+        ing.livez().await,
+        Ok(200),
+        "alive while the database is down"
+    );
     pg.pg_start()?;
-    testkit::eventually("readiness back after PostgreSQL restarts", Duration::from_secs(30), || async {
-        match ing.readyz().await {
-            Ok(200) => Ok(Some(())),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    testkit::eventually(
+        "readiness back after PostgreSQL restarts",
+        Duration::from_secs(30),
+        || async {
+            match ing.readyz().await {
+                Ok(200) => Ok(Some(())),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await?;
     sleep_ms(2000).await;
     let report = churn.stop().await;
@@ -327,18 +394,25 @@ async fn database_connection_cut_through_a_proxy_mid_stream() -> anyhow::Result<
     let proxy = TcpProxy::start(target).await?;
     let port = proxy.port.to_string();
     let ing = h
-        .start_ready(&[("DB_PORT", &port), ("DB_PARAMS", "sslmode=disable&connect_timeout=2")])
+        .start_ready(&[
+            ("DB_PORT", &port),
+            ("DB_PARAMS", "sslmode=disable&connect_timeout=2"),
+        ])
         .await?;
     let churn = Churn::start(h.store(), 100.0, 6);
     sleep_ms(1500).await;
     proxy.cut();
-    testkit::eventually("readiness false while the database is cut off", Duration::from_secs(15), || async {
-        match ing.readyz().await {
-            Ok(200) => Err("still ready".to_owned()),
-            Ok(_) => Ok(Some(())),
-            Err(e) => Err(e),
-        }
-    })
+    testkit::eventually(
+        "readiness false while the database is cut off",
+        Duration::from_secs(15),
+        || async {
+            match ing.readyz().await {
+                Ok(200) => Err("still ready".to_owned()),
+                Ok(_) => Ok(Some(())),
+                Err(e) => Err(e),
+            }
+        },
+    )
     .await?;
     sleep_ms(4000).await;
     proxy.restore();
@@ -383,7 +457,8 @@ async fn api_errors_500_on_lists_and_watches_are_retried() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_writing_at_once_never_corrupt_a_row() -> anyhow::Result<()> {
     let h = rig(8).await?;
-    let monitor = RegressionMonitor::start(h.db.client().await?, CLUSTER, Duration::from_millis(100));
+    let monitor =
+        RegressionMonitor::start(h.db.client().await?, CLUSTER, Duration::from_millis(100));
     let a = h.start_ready(&[]).await?;
     let b = h.start_ready(&[]).await?;
     let store = h.store();
@@ -399,15 +474,21 @@ async fn two_replicas_writing_at_once_never_corrupt_a_row() -> anyhow::Result<()
     eprintln!("churn: {report:?}");
     assert_converged(&h, &[&a, &b]).await?;
     let (samples, violations) = monitor.finish().await;
-    eprintln!("regression monitor: {samples} samples, {} violations", violations.len());
+    eprintln!(
+        "regression monitor: {samples} samples, {} violations",
+        violations.len()
+    );
     assert!(samples > 10, "the monitor sampled the table");
-    assert!(violations.is_empty(), "rows went back in time: {violations:?}");
+    assert!(
+        violations.is_empty(),
+        "rows went back in time: {violations:?}"
+    );
     assert!(metric(&a, "ingester_rows_written_total").await > 0.0);
     assert!(metric(&b, "ingester_rows_written_total").await > 0.0);
     Ok(())
 }
 
-fn leader_env<'a>(name: &'a str) -> Vec<(&'a str, &'a str)> {
+fn leader_env(name: &str) -> Vec<(&str, &str)> {
     vec![
         ("LEADER_ELECTION", "true"),
         ("POD_NAME", name),
@@ -419,7 +500,8 @@ fn leader_env<'a>(name: &'a str) -> Vec<(&'a str, &'a str)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() -> anyhow::Result<()> {
+async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() -> anyhow::Result<()>
+{
     let h = rig(9).await?;
     let store = h.store();
     let mut a = h.start_ready(&leader_env("replica-a")).await?;
@@ -434,10 +516,22 @@ async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() 
     sleep_ms(3000).await;
     assert_converged(&h, &[&a, &b]).await.ok();
     assert_eq!(metric(&b, "ingester_leader").await, 0.0, "b is standby");
-    assert_eq!(metric(&b, "ingester_rows_written_total").await, 0.0, "the standby writes nothing");
-    assert!(metric(&a, "ingester_rows_written_total").await > 0.0, "the leader writes");
+    assert_eq!(
+        metric(&b, "ingester_rows_written_total").await,
+        0.0,
+        "the standby writes nothing"
+    );
+    assert!(
+        metric(&a, "ingester_rows_written_total").await > 0.0,
+        "the leader writes"
+    );
     let lease = store
-        .get("coordination.k8s.io/v1", "Lease", Some("default"), "resources-ingester")
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            Some("default"),
+            "resources-ingester",
+        )
         .expect("the lease exists");
     assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
 
@@ -450,14 +544,25 @@ async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() 
     .await?;
     let takeover = t.elapsed();
     eprintln!("takeover after SIGTERM of the leader: {takeover:?}");
-    assert!(takeover < Duration::from_secs(6), "the released lease is taken before it would expire");
+    assert!(
+        takeover < Duration::from_secs(6),
+        "the released lease is taken before it would expire"
+    );
     sleep_ms(2000).await;
     let report = churn.stop().await;
     eprintln!("churn: {report:?}");
     assert_converged(&h, &[&b]).await?;
-    assert!(metric(&b, "ingester_rows_written_total").await > 0.0, "the new leader writes");
+    assert!(
+        metric(&b, "ingester_rows_written_total").await > 0.0,
+        "the new leader writes"
+    );
     let lease = store
-        .get("coordination.k8s.io/v1", "Lease", Some("default"), "resources-ingester")
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            Some("default"),
+            "resources-ingester",
+        )
         .expect("the lease exists");
     assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
     Ok(())
@@ -480,11 +585,17 @@ async fn a_leader_that_cannot_renew_steps_down_and_the_standby_takes_over() -> a
     let st = a.wait_exit(Duration::from_secs(20)).await?;
     eprintln!("leader exit after failing to renew: {st}");
     assert!(!st.success(), "a leader that lost its lease exits non-zero");
-    assert!(a.log().contains("could not renew the leader lease"), "log:\n{}", a.log());
+    assert!(
+        a.log().contains("could not renew the leader lease"),
+        "log:\n{}",
+        a.log()
+    );
     store.fail_next(0);
-    testkit::eventually("replica-b takes over once the lease expires", Duration::from_secs(20), || async {
-        Ok((metric(&b, "ingester_leader").await == 1.0).then_some(()))
-    })
+    testkit::eventually(
+        "replica-b takes over once the lease expires",
+        Duration::from_secs(20),
+        || async { Ok((metric(&b, "ingester_leader").await == 1.0).then_some(())) },
+    )
     .await?;
     sleep_ms(1500).await;
     let report = churn.stop().await;
@@ -498,18 +609,31 @@ async fn a_leader_that_cannot_renew_steps_down_and_the_standby_takes_over() -> a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn soak() -> anyhow::Result<()> {
-    let secs: u64 = std::env::var("SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-    let seed: u64 = std::env::var("SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(42);
-    let rate: f64 = std::env::var("SOAK_RATE").ok().and_then(|s| s.parse().ok()).unwrap_or(100.0);
+    let secs: u64 = std::env::var("SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let seed: u64 = std::env::var("SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(42);
+    let rate: f64 = std::env::var("SOAK_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100.0);
     let h = rig(seed).await?;
     let store = h.store();
     let target: std::net::SocketAddr =
         format!("{}:{}", h.db.server.host, h.db.server.port).parse()?;
     let proxy = TcpProxy::start(target).await?;
     let port = proxy.port.to_string();
-    let extra = [("DB_PORT", port.as_str()), ("DB_PARAMS", "sslmode=disable&connect_timeout=2")];
+    let extra = [
+        ("DB_PORT", port.as_str()),
+        ("DB_PARAMS", "sslmode=disable&connect_timeout=2"),
+    ];
     let mut ing = h.start_ready(&extra).await?;
-    let monitor = RegressionMonitor::start(h.db.client().await?, CLUSTER, Duration::from_millis(500));
+    let monitor =
+        RegressionMonitor::start(h.db.client().await?, CLUSTER, Duration::from_millis(500));
     let churn = Churn::start(store.clone(), rate, seed);
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut faults: std::collections::BTreeMap<&str, u32> = Default::default();
@@ -570,16 +694,25 @@ async fn soak() -> anyhow::Result<()> {
     let written = written_before_restarts + metric(&ing, "ingester_rows_written_total").await;
     let total_faults: u32 = faults.values().sum();
     eprintln!("SOAK seed={seed} seconds={secs} rate={rate}/s");
-    eprintln!("SOAK events applied: {} updates, {} creates, {} deletes ({} errors)", report.updates, report.creates, report.deletes, report.errors);
+    eprintln!(
+        "SOAK events applied: {} updates, {} creates, {} deletes ({} errors)",
+        report.updates, report.creates, report.deletes, report.errors
+    );
     eprintln!("SOAK faults injected: {total_faults} {faults:?}");
     eprintln!("SOAK rows written (all ingester runs): {written}");
     eprintln!("SOAK converged {converge_time:?} after the churn stopped");
-    eprintln!("SOAK regression monitor: {samples} samples, {} violations", violations.len());
+    eprintln!(
+        "SOAK regression monitor: {samples} samples, {} violations",
+        violations.len()
+    );
     match &verdict {
         Ok(v) => eprintln!("SOAK verdict: {v}"),
         Err(e) => eprintln!("SOAK verdict: {e:#}"),
     }
     verdict?;
-    anyhow::ensure!(violations.is_empty(), "rows went back in time: {violations:?}");
+    anyhow::ensure!(
+        violations.is_empty(),
+        "rows went back in time: {violations:?}"
+    );
     Ok(())
 }

@@ -402,10 +402,18 @@ async fn works_against_a_tls_api_server_with_client_certificates() -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn works_with_a_bearer_token_kubeconfig_and_reports_the_detected_cluster_name() -> anyhow::Result<()> {
-    let h = Harness::with_sim(kube_sim::SimConfig { tls: true, ..Default::default() }).await?;
+async fn works_with_a_bearer_token_kubeconfig_and_reports_the_detected_cluster_name(
+) -> anyhow::Result<()> {
+    let h = Harness::with_sim(kube_sim::SimConfig {
+        tls: true,
+        ..Default::default()
+    })
+    .await?;
     let store = h.store();
-    let token = h.sim.token().ok_or_else(|| anyhow::anyhow!("TLS mode has a token"))?;
+    let token = h
+        .sim
+        .token()
+        .ok_or_else(|| anyhow::anyhow!("TLS mode has a token"))?;
     let ca = std::fs::canonicalize(h.dir.path())?.join("ca.crt");
     std::fs::write(&ca, h.sim.ca_pem().unwrap_or_default())?;
     let kubeconfig = format!(
@@ -419,17 +427,27 @@ async fn works_with_a_bearer_token_kubeconfig_and_reports_the_detected_cluster_n
     // No CLUSTER_NAME: the current context's cluster names the rows, with a warning.
     let mut env = h.env(&[]);
     env.retain(|(k, _)| k != "CLUSTER_NAME");
-    let mut ing = testkit::process::IngesterProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_resources-ingester")), &env)?;
+    let mut ing = testkit::process::IngesterProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_resources-ingester")),
+        &env,
+    )?;
     ing.wait_ready(WAIT).await?;
     let c = h.db.client().await?;
-    testkit::eventually("the pod under the kubeconfig's cluster name", WAIT, || async {
-        let n: i64 = c
-            .query_one("SELECT count(*) FROM krateo_resources WHERE global_uid = $1", &[&format!("cluster-from-kubeconfig:{}", uid(&p))])
-            .await
-            .map_err(|e| e.to_string())?
-            .get(0);
-        Ok((n == 1).then_some(()))
-    })
+    testkit::eventually(
+        "the pod under the kubeconfig's cluster name",
+        WAIT,
+        || async {
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM krateo_resources WHERE global_uid = $1",
+                    &[&format!("cluster-from-kubeconfig:{}", uid(&p))],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            Ok((n == 1).then_some(()))
+        },
+    )
     .await?;
     assert!(ing.log().contains("CLUSTER_NAME not set"), "{}", ing.log());
     Ok(())
@@ -440,17 +458,23 @@ async fn a_missing_kind_and_a_bad_route_line_do_not_stop_the_others() -> anyhow:
     let h = Harness::new().await?;
     let store = h.store();
     let routes = h.dir.path().join("static");
-    std::fs::write(&routes, "/v1/pods/Pod\nnot/a/route\nnope.example.io/v1/widgets/Widget\n/v1/namespaces/Namespace\n")?;
+    std::fs::write(
+        &routes,
+        "/v1/pods/Pod\nnot/a/route\nnope.example.io/v1/widgets/Widget\n/v1/namespaces/Namespace\n",
+    )?;
     let routes = routes.display().to_string();
     store.create(namespace("x"))?;
     let p = store.create(pod("x", "p"))?;
     let ing = h.start_ready(&[("STATIC_ROUTES_FILE", &routes)]).await?;
-    h.wait_row(&uid(&p), "pod despite the missing kind", |_, d| !d).await?;
+    h.wait_row(&uid(&p), "pod despite the missing kind", |_, d| !d)
+        .await?;
     let log = ing.log();
     assert!(log.contains("line 2"), "the bad line is named: {log}");
     testkit::eventually("the missing kind to be counted", WAIT, || async {
         let m = ing.metrics().await?;
-        Ok(m.lines().any(|l| l.starts_with("ingester_watch_errors_total{") && l.contains("widgets")).then_some(()))
+        Ok(m.lines()
+            .any(|l| l.starts_with("ingester_watch_errors_total{") && l.contains("widgets"))
+            .then_some(()))
     })
     .await?;
     Ok(())

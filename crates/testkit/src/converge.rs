@@ -235,7 +235,10 @@ pub struct RegressionMonitor {
 mod tokio_util_like {
     /// A tiny stop flag (testkit does not depend on tokio-util).
     #[derive(Clone, Default)]
-    pub struct Stop(std::sync::Arc<tokio::sync::Notify>, std::sync::Arc<std::sync::atomic::AtomicBool>);
+    pub struct Stop(
+        std::sync::Arc<tokio::sync::Notify>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    );
     impl Stop {
         pub fn fire(&self) {
             self.1.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -275,17 +278,18 @@ impl RegressionMonitor {
                 {
                     for r in rows {
                         let g: String = r.get(0);
-                        let Some(rv): Option<i64> = r.get(1) else { continue };
+                        let Some(rv): Option<i64> = r.get(1) else {
+                            continue;
+                        };
                         let deleted: bool = r.get(2);
                         match seen.get(&g).copied() {
                             Some((old, _)) if rv < old => v2
                                 .lock()
                                 .unwrap()
                                 .push(format!("{g}: resourceVersion {old} -> {rv}")),
-                            Some((old, true)) if rv == old && !deleted => v2
-                                .lock()
-                                .unwrap()
-                                .push(format!("{g}: deleted at rv {old}, then live again at the same rv")),
+                            Some((old, true)) if rv == old && !deleted => v2.lock().unwrap().push(
+                                format!("{g}: deleted at rv {old}, then live again at the same rv"),
+                            ),
                             _ => {}
                         }
                         let e = seen.entry(g).or_insert((rv, deleted));
