@@ -6,7 +6,6 @@ use anyhow::{bail, Context};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ListBenchRound {
@@ -29,19 +28,21 @@ fn cpu_ms(pid: &str) -> anyhow::Result<f64> {
     Ok(ticks * 10.0)
 }
 
-async fn fetch(addr: &str, path: &str) -> anyhow::Result<Vec<u8>> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        bail!("no HTTP header in the response");
-    };
-    if !buf.starts_with(b"HTTP/1.1 200") {
-        bail!("{}", String::from_utf8_lossy(&buf[..end]));
+async fn fetch(addr: &str, path: &str) -> anyhow::Result<bytes::Bytes> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr)
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    if resp.status() != 200 {
+        bail!("HTTP {}", resp.status());
     }
-    Ok(buf.split_off(end + 4))
+    Ok(resp.into_body().collect().await?.to_bytes())
 }
 
 /// Starts `exe` with `--pods pods --object-bytes object_bytes`, then lists all pods `rounds` times.

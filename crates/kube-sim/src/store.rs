@@ -1087,6 +1087,19 @@ impl Store {
             .unwrap_or_default()
     }
 
+    /// Total JSON size of the objects of one kind, as served.
+    pub fn stored_bytes(&self, api_version: &str, kind: &str) -> usize {
+        let Ok(def) = self.def_for(api_version, kind) else {
+            return 0;
+        };
+        let g = self.read();
+        g.objects.get(&def.key).map_or(0, |m| {
+            m.values()
+                .map(|o| o.body.len() + o.api_version.len() + o.kind.len() + 26)
+                .sum()
+        })
+    }
+
     /// Every object of every resource, each with apiVersion and kind.
     pub fn list_all(&self) -> Vec<Value> {
         let objs: Vec<Arc<Obj>> = {

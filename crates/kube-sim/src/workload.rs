@@ -97,6 +97,23 @@ const APP_NAMES: &[&str] = &[
     "orders",
 ];
 
+/// Serialized size without allocating the output.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
 /// One application: what its pods point at.
 #[derive(Debug, Clone)]
 pub struct App {
@@ -271,7 +288,7 @@ pub fn pod(rng: &mut SmallRng, app: &App, idx: usize, target_bytes: usize) -> Va
         }
     }
     // Pad to the target size with plain env vars on the main container (~70 bytes each).
-    let size = serde_json::to_vec(&p).map(|v| v.len()).unwrap_or(0);
+    let size = json_len(&p);
     if target_bytes > size {
         let n = (target_bytes - size) / 70;
         if let Some(env) = p["spec"]["containers"][0]["env"].as_array_mut() {
@@ -457,16 +474,35 @@ pub fn preload(store: &Store, cfg: &WorkloadConfig) -> WorkloadReport {
         r.other = batch.len();
         flush(&mut batch, &mut r, &mut rng);
     }
-    for i in 0..cfg.pods {
-        let p = pod(&mut rng, &apps[i % apps.len()], i, cfg.target_bytes);
-        r.pod_total_bytes += serde_json::to_vec(&p).map(|v| v.len()).unwrap_or(0);
-        batch.push(p);
-        if batch.len() >= 1000 {
-            flush(&mut batch, &mut r, &mut rng);
-        }
+    // Pods are generated on two threads, each pod from its own seeded generator, so the output
+    // does not depend on the threading.
+    let gen = |range: std::ops::Range<usize>| -> Vec<Value> {
+        range
+            .map(|i| {
+                let mut prng = SmallRng::seed_from_u64(
+                    cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64,
+                );
+                pod(&mut prng, &apps[i % apps.len()], i, cfg.target_bytes)
+            })
+            .collect()
+    };
+    const CHUNK: usize = 2000;
+    let mut start_i = 0;
+    while start_i < cfg.pods {
+        let end = (start_i + 2 * CHUNK).min(cfg.pods);
+        let mid = (start_i + CHUNK).min(end);
+        let (a, b) = std::thread::scope(|s| {
+            let h = s.spawn(|| gen(mid..end));
+            let a = gen(start_i..mid);
+            (a, h.join().unwrap_or_default())
+        });
+        batch.extend(a);
+        batch.extend(b);
+        flush(&mut batch, &mut r, &mut rng);
+        start_i = end;
     }
     r.pods = cfg.pods;
-    flush(&mut batch, &mut r, &mut rng);
+    r.pod_total_bytes = store.stored_bytes("v1", "Pod");
     if cfg.krateo {
         for i in 0..cfg.custom_resources {
             batch.push(custom_resource(&mut rng, &nss[i % nss.len()], i));

@@ -726,3 +726,46 @@ async fn tls_requires_authentication() {
         .is_empty());
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_lists_stream_and_workload_churns() {
+    let sim = start().await;
+    let s = sim.store();
+    let cfg = kube_sim::workload::WorkloadConfig {
+        pods: 400,
+        custom_resources: 40,
+        ..Default::default()
+    };
+    let r = kube_sim::workload::preload(&s, &cfg);
+    assert_eq!(r.errors, 0);
+    let (code, l) = get(&sim, "/api/v1/pods").await;
+    assert_eq!(code, 200);
+    assert_eq!(l["items"].as_array().unwrap().len(), 400);
+    assert!(l["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["kind"] == "Pod"));
+    // churn stamps changed-at on what it touches
+    let rv = s.resource_version();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let rep = kube_sim::workload::churn(
+        s.clone(),
+        200.0,
+        Some(Duration::from_millis(500)),
+        7,
+        cancel,
+    )
+    .await;
+    assert!(rep.updates > 0 && rep.errors == 0, "{rep:?}");
+    let mut w = Watch::open(&sim, &format!("/api/v1/pods?watch=1&resourceVersion={rv}")).await;
+    let e = w.next().await.unwrap();
+    let stamp = e["object"]["metadata"]["annotations"][kube_sim::workload::CHANGED_AT]
+        .as_str()
+        .unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(stamp).is_ok(),
+        "{stamp}"
+    );
+    sim.shutdown().await;
+}
