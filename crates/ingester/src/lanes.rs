@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::events::{
@@ -31,9 +31,19 @@ pub struct WatchedEvent {
     pub observed_at: DateTime<Utc>,
 }
 
+/// Bytes of object JSON the queues may hold, all lanes together: with the batch byte limit
+/// below, this keeps memory independent of object size (counts alone let 16 KiB objects use
+/// 8x the memory of 2 KiB ones). Measured with ingest-bench (docs/benchmarks.md).
+pub const QUEUE_BYTES: usize = 8 << 20;
+/// A lane flushes its batch once it holds this many bytes of object JSON (or `batch_size` rows).
+pub const BATCH_BYTES: usize = 2 << 20;
+/// Queue budget unit: permits are KiB.
+const PERMIT_BYTES: usize = 1024;
+
 enum LaneItem {
     // Boxed: a RawObject carries a full ObjectMeta, and queue slots are sized by the largest item.
-    Event(Box<WatchedEvent>),
+    // The permit holds the event's share of `QUEUE_BYTES` until a lane takes it into a batch.
+    Event(Box<WatchedEvent>, Option<OwnedSemaphorePermit>),
     Tombstone(Tombstone),
     /// Answered once everything queued before it is committed.
     Barrier(oneshot::Sender<()>),
@@ -52,6 +62,7 @@ pub struct LaneSettings {
 pub struct Lanes {
     senders: Arc<Vec<mpsc::Sender<LaneItem>>>,
     metrics: Arc<Metrics>,
+    queue_bytes: Arc<Semaphore>,
 }
 
 /// The lanes are shutting down.
@@ -86,6 +97,7 @@ impl Lanes {
         Lanes {
             senders: Arc::new(senders),
             metrics,
+            queue_bytes: Arc::new(Semaphore::new(QUEUE_BYTES / PERMIT_BYTES)),
         }
     }
 
@@ -110,7 +122,16 @@ impl Lanes {
     /// Queues an event; waits while the object's lane is full.
     pub async fn send_event(&self, event: WatchedEvent) -> Result<(), LanesClosed> {
         let key = event.object.uid().unwrap_or_default().to_owned();
-        self.send(&key, LaneItem::Event(Box::new(event))).await
+        // Waits while the queues hold QUEUE_BYTES (an object bigger than that waits for all).
+        let kib = (event.object.json.len() / PERMIT_BYTES).clamp(1, QUEUE_BYTES / PERMIT_BYTES);
+        let permit = self
+            .queue_bytes
+            .clone()
+            .acquire_many_owned(kib as u32)
+            .await
+            .ok();
+        self.send(&key, LaneItem::Event(Box::new(event), permit))
+            .await
     }
 
     /// Queues "this object is gone" for the row of `uid`.
@@ -161,6 +182,8 @@ struct Batch {
     records: Vec<Record>,
     index: HashMap<String, usize>,
     tombstones: Vec<Tombstone>,
+    /// JSON bytes of the records pushed (replaced ones included: an upper bound).
+    bytes: usize,
 }
 
 impl Batch {
@@ -173,6 +196,7 @@ impl Batch {
     }
 
     fn push(&mut self, record: Record) {
+        self.bytes += record.raw.len();
         match self.index.get(&record.global_uid) {
             Some(&i) => {
                 let older = matches!(
@@ -210,7 +234,11 @@ impl LaneWorker {
         loop {
             let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
             let must_flush =
-                batch.len() >= self.settings.batch_size || due || !open || !barriers.is_empty();
+                batch.len() >= self.settings.batch_size
+                    || batch.bytes >= BATCH_BYTES
+                    || due
+                    || !open
+                    || !barriers.is_empty();
             if must_flush {
                 if !batch.is_empty() {
                     let batch = std::mem::take(&mut batch);
@@ -233,7 +261,10 @@ impl LaneWorker {
                     Some(item) => {
                         self.accept(item, &mut batch, &mut barriers);
                         // Take what is already queued without another trip through select!.
-                        while batch.len() < self.settings.batch_size && barriers.is_empty() {
+                        while batch.len() < self.settings.batch_size
+                            && batch.bytes < BATCH_BYTES
+                            && barriers.is_empty()
+                        {
                             match rx.try_recv() {
                                 Ok(item) => self.accept(item, &mut batch, &mut barriers),
                                 Err(_) => break,
@@ -252,7 +283,8 @@ impl LaneWorker {
     fn accept(&self, item: LaneItem, batch: &mut Batch, barriers: &mut Vec<oneshot::Sender<()>>) {
         let before = batch.len();
         match item {
-            LaneItem::Event(ev) => {
+            LaneItem::Event(ev, permit) => {
+                drop(permit);
                 self.metrics.queue_depth.dec();
                 let started = Instant::now();
                 let ok = self.build(*ev, batch);
