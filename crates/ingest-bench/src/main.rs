@@ -207,6 +207,32 @@ fn ingester_env(args: &Args, db: &TestDb, sim: &Sim) -> Vec<(String, String)> {
     env
 }
 
+/// Ready for real: `/readyz` is 200 *and* the log shows the first list of every static route
+/// complete. (`/readyz` alone answers 200 for a moment at start-up, between the health server
+/// starting and the static routes being registered: reported as an ingester bug.)
+async fn really_ready(p: &IngesterProcess) -> bool {
+    if p.readyz().await != Ok(200) {
+        return false;
+    }
+    let routes = static_routes().len();
+    p.log().matches("list complete").count() >= routes
+}
+
+/// Waits until `really_ready`; fails early when the process exits.
+async fn wait_really_ready(p: &mut IngesterProcess, timeout: Duration) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    while !really_ready(p).await {
+        if t0.elapsed() > timeout {
+            anyhow::bail!("ingester not ready after {timeout:?}");
+        }
+        if p.livez().await.is_err() && t0.elapsed() > Duration::from_secs(20) {
+            p.wait_ready(Duration::from_millis(1)).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 async fn metric(p: &IngesterProcess, series: &str) -> f64 {
     p.metric(series).await.unwrap_or(0.0)
 }
@@ -266,7 +292,7 @@ async fn sync(
     let deadline = t0 + Duration::from_secs(60 + expected / 100);
     let written;
     loop {
-        if ready_at.is_none() && proc.readyz().await == Ok(200) {
+        if ready_at.is_none() && really_ready(&proc).await {
             ready_at = Some(t0.elapsed().as_secs_f64());
         }
         let w = metric(&proc, "ingester_rows_written_total").await;
@@ -607,7 +633,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let pg_before = procfs::postgres_cpu();
         let t0 = Instant::now();
         let mut p = IngesterProcess::start(&bin, &ingester_env(&args, &db, &sim))?;
-        p.wait_ready(Duration::from_secs(600)).await?;
+        wait_really_ready(&mut p, Duration::from_secs(600)).await?;
         restart_secs = t0.elapsed().as_secs_f64();
         let written = wait_quiet(&p, Duration::from_secs(60)).await;
         let (_, pg_cpu) = pg_cpu_split(&client, &db.name, &pg_before).await?;
