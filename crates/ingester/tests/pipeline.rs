@@ -55,7 +55,12 @@ async fn created_updated_and_deleted_objects_land_with_every_column() -> anyhow:
     assert_eq!(row.get::<_, String>(12), pod_uid);
     assert_eq!(row.get::<_, String>(13), format!("{CLUSTER}:{pod_uid}"));
 
-    // The namespace is cluster-scoped: namespace ''.
+    // The namespace is cluster-scoped: namespace ''. (Another lane: wait for it.)
+    h.wait_count(
+        "resource_name = 'team-a' AND resource_plural = 'namespaces'",
+        1,
+    )
+    .await?;
     let ns_row = c
         .query_one("SELECT namespace, resource_kind FROM krateo_resources WHERE resource_name = 'team-a' AND resource_plural = 'namespaces'", &[])
         .await?;
