@@ -258,11 +258,8 @@ async fn unmanaged_groups_are_ignored() -> anyhow::Result<()> {
         1
     );
     // Their CRDs are still rows: CRDs are a static kind.
-    assert_eq!(
-        h.count("resource_plural = 'customresourcedefinitions'")
-            .await?,
-        3
-    );
+    h.wait_count("resource_plural = 'customresourcedefinitions'", 3)
+        .await?;
     Ok(())
 }
 
