@@ -72,6 +72,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
 
     let health = Arc::new(Health::new(metrics.clone()));
+    // Counted before the probe server starts, so /readyz never says ready before the lists
+    // (a standby under leader election is ready: it counts them once it leads).
+    if !config.leader_election {
+        health.add_static_routes(routes.routes.len());
+    }
     let servers = CancellationToken::new();
     health::serve(
         SocketAddr::from(([0, 0, 0, 0], config.port)),
@@ -114,6 +119,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         lease_keeper = Some(tokio::spawn(
             elector.keep(lease_stop.clone(), lease_lost.clone()),
         ));
+        health.add_static_routes(routes.routes.len());
     }
     metrics.is_leader.set(1);
 
@@ -142,12 +148,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         health: health.clone(),
         list_permits: Arc::new(Semaphore::new(config.list_concurrency as usize)),
         page_size: config.list_page_size,
+        resume: config.watch_resume,
+        checkpoint_interval: config.checkpoint_interval,
     });
 
     let watches = CancellationToken::new();
     let watch_tracker = TaskTracker::new();
     let (crd_tx, crd_rx) = mpsc::channel(256);
-    health.add_static_routes(routes.routes.len());
     for route in &routes.routes {
         let crd_events = route.is_crd().then(|| crd_tx.clone());
         watch_tracker.spawn(run_static_route(

@@ -78,8 +78,15 @@ pub struct Config {
     #[arg(long, env = "LIST_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub list_concurrency: u32,
     /// Objects per list page.
-    #[arg(long, env = "LIST_PAGE_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "LIST_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub list_page_size: u32,
+    /// Start watches from their stored resume points (a restart inside the API server's
+    /// history window then skips the full list).
+    #[arg(long, env = "WATCH_RESUME", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_resume: bool,
+    /// How often a watch stores its resume point (after the rows it covers are committed).
+    #[arg(long, env = "CHECKPOINT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub checkpoint_interval: Duration,
     /// Longest time SIGTERM waits for the queue to drain and the last batches to commit.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

@@ -217,3 +217,25 @@ impl DatabaseReachability<'_> {
         m.db_up.set(i64::from(self.up));
     }
 }
+
+/// A watch resumed from its stored resume point instead of listing, or could not (410).
+pub struct WatchResumed<'a> {
+    pub resource: &'a str,
+    pub namespace: &'a str,
+    pub from: i64,
+    pub outcome: &'a str,
+}
+impl WatchResumed<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        info!(
+            resource = self.resource,
+            namespace = self.namespace,
+            from = self.from,
+            outcome = self.outcome,
+            "resuming watch from the stored resume point"
+        );
+        m.watch_resumes
+            .get_or_create(&label("outcome", self.outcome))
+            .inc();
+    }
+}

@@ -47,6 +47,8 @@ enum LaneItem {
     Tombstone(Tombstone),
     /// Answered once everything queued before it is committed.
     Barrier(oneshot::Sender<()>),
+    /// Answered once everything queued before it is committed, without forcing a flush.
+    Committed(oneshot::Sender<()>),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -167,6 +169,23 @@ impl Lanes {
         Ok(())
     }
 
+    /// Returns once everything queued before this call is committed, letting the lanes
+    /// flush on their own schedule (for resume checkpoints, which must not cost flushes).
+    pub async fn committed(&self) -> Result<(), LanesClosed> {
+        let mut acks = Vec::with_capacity(self.senders.len());
+        for tx in self.senders.iter() {
+            let (ack, wait) = oneshot::channel();
+            tx.send(LaneItem::Committed(ack))
+                .await
+                .map_err(|_| LanesClosed)?;
+            acks.push(wait);
+        }
+        for wait in acks {
+            wait.await.map_err(|_| LanesClosed)?;
+        }
+        Ok(())
+    }
+
     /// Events waiting in all lanes.
     pub fn depth(&self) -> usize {
         self.senders
@@ -229,16 +248,16 @@ impl LaneWorker {
     async fn run(self, mut rx: mpsc::Receiver<LaneItem>) {
         let mut batch = Batch::default();
         let mut barriers: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut committed: Vec<oneshot::Sender<()>> = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut open = true;
         loop {
             let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-            let must_flush =
-                batch.len() >= self.settings.batch_size
-                    || batch.bytes >= BATCH_BYTES
-                    || due
-                    || !open
-                    || !barriers.is_empty();
+            let must_flush = batch.len() >= self.settings.batch_size
+                || batch.bytes >= BATCH_BYTES
+                || due
+                || !open
+                || !barriers.is_empty();
             if must_flush {
                 if !batch.is_empty() {
                     let batch = std::mem::take(&mut batch);
@@ -247,7 +266,7 @@ impl LaneWorker {
                     self.metrics.pending_batch.dec_by(n);
                 }
                 deadline = None;
-                for ack in barriers.drain(..) {
+                for ack in barriers.drain(..).chain(committed.drain(..)) {
                     let _ = ack.send(());
                 }
                 if !open {
@@ -259,14 +278,14 @@ impl LaneWorker {
                 item = rx.recv() => match item {
                     None => open = false,
                     Some(item) => {
-                        self.accept(item, &mut batch, &mut barriers);
+                        self.accept(item, &mut batch, &mut barriers, &mut committed);
                         // Take what is already queued without another trip through select!.
                         while batch.len() < self.settings.batch_size
                             && batch.bytes < BATCH_BYTES
                             && barriers.is_empty()
                         {
                             match rx.try_recv() {
-                                Ok(item) => self.accept(item, &mut batch, &mut barriers),
+                                Ok(item) => self.accept(item, &mut batch, &mut barriers, &mut committed),
                                 Err(_) => break,
                             }
                         }
@@ -280,7 +299,13 @@ impl LaneWorker {
         }
     }
 
-    fn accept(&self, item: LaneItem, batch: &mut Batch, barriers: &mut Vec<oneshot::Sender<()>>) {
+    fn accept(
+        &self,
+        item: LaneItem,
+        batch: &mut Batch,
+        barriers: &mut Vec<oneshot::Sender<()>>,
+        committed: &mut Vec<oneshot::Sender<()>>,
+    ) {
         let before = batch.len();
         match item {
             LaneItem::Event(ev, permit) => {
@@ -299,6 +324,13 @@ impl LaneWorker {
                 batch.tombstones.push(t);
             }
             LaneItem::Barrier(ack) => barriers.push(ack),
+            LaneItem::Committed(ack) => {
+                if batch.is_empty() {
+                    let _ = ack.send(());
+                } else {
+                    committed.push(ack);
+                }
+            }
         }
         self.metrics
             .pending_batch

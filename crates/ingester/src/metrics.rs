@@ -28,6 +28,7 @@ pub struct Metrics {
     pub records_sanitised: Family<Labels, Counter>,
     pub records_dropped: Family<Labels, Counter>,
     pub relists: Family<Labels, Counter>,
+    pub watch_resumes: Family<Labels, Counter>,
     pub sweep_deletes: Counter,
     pub watch_errors: Family<Labels, Counter>,
     pub last_flush_timestamp: Gauge<f64, AtomicU64>,
@@ -59,6 +60,7 @@ impl Metrics {
             records_sanitised: Family::default(),
             records_dropped: Family::default(),
             relists: Family::default(),
+            watch_resumes: Family::default(),
             sweep_deletes: Counter::default(),
             watch_errors: Family::default(),
             last_flush_timestamp: Gauge::default(),
@@ -87,6 +89,11 @@ impl Metrics {
             "ingester_queue_depth",
             "Events waiting in the worker queues",
             m.queue_depth.clone(),
+        );
+        r.register(
+            "ingester_pending_batch_rows",
+            "Records built and waiting in lane batches for their flush",
+            m.pending_batch.clone(),
         );
         r.register(
             "ingester_active_watches",
@@ -132,6 +139,11 @@ impl Metrics {
             "ingester_relists",
             "Full lists of a watched scope, by reason",
             m.relists.clone(),
+        );
+        r.register(
+            "ingester_watch_resumes",
+            "Watches started from a stored resume point instead of a list, by outcome (resumed, expired)",
+            m.watch_resumes.clone(),
         );
         r.register(
             "ingester_sweep_deletes",
@@ -186,6 +198,43 @@ mod tests {
         );
         assert!(text.contains("workerpool_events_errors_total 0"));
         assert!(text.contains("workerpool_event_duration_seconds_bucket"));
-        assert!(text.contains("ingester_queue_depth"));
+        for name in [
+            "ingester_queue_depth",
+            "ingester_pending_batch_rows",
+            "ingester_active_watches",
+            "ingester_batch_flush_rows",
+            "ingester_batch_flush_duration_seconds",
+            "ingester_rows_written_total",
+            "ingester_rows_unchanged_skipped_total",
+            "ingester_write_failures_total",
+            "ingester_sweep_deletes_total",
+            "ingester_last_flush_timestamp_seconds",
+            "ingester_db_up",
+            "ingester_leader",
+        ] {
+            assert!(text.contains(&format!("\n{name}")), "{name} missing");
+        }
+        // Families appear once they have a labelled series.
+        for family in [
+            &m.records_sanitised,
+            &m.records_dropped,
+            &m.relists,
+            &m.watch_resumes,
+            &m.watch_errors,
+        ] {
+            family
+                .get_or_create(&vec![("reason", "x".to_owned())])
+                .inc();
+        }
+        let text = m.encode();
+        for name in [
+            "ingester_records_sanitised_total{",
+            "ingester_records_dropped_total{",
+            "ingester_relists_total{",
+            "ingester_watch_resumes_total{",
+            "ingester_watch_errors_total{",
+        ] {
+            assert!(text.contains(name), "{name} missing");
+        }
     }
 }

@@ -7,19 +7,21 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use kube::api::{Api, ApiResource};
+use kube::api::{Api, ApiResource, WatchEvent, WatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
-use crate::events::{ListCompleted, Relisting, WatchFailed};
+use crate::events::{ListCompleted, Relisting, WatchFailed, WatchResumed};
 use crate::health::Health;
 use crate::lanes::{Lanes, LanesClosed, WatchedEvent};
 use crate::metrics::Metrics;
 use crate::object::RawObject;
 use crate::record::{global_uid, EventKind};
 use crate::routes::Route;
+use crate::storage::resume;
 use crate::storage::snapshot::{Listed, Scope, ScopeSnapshot};
 use crate::storage::Database;
 
@@ -34,6 +36,9 @@ pub struct WatchContext {
     /// Bounds the lists running at once.
     pub list_permits: Arc<Semaphore>,
     pub page_size: u32,
+    /// Resume watches from their stored resume points (else always list first).
+    pub resume: bool,
+    pub checkpoint_interval: Duration,
 }
 
 /// CRD events forwarded to the manager.
@@ -132,6 +137,9 @@ struct ListInProgress {
     _permit: tokio::sync::OwnedSemaphorePermit,
     listed: u64,
     unchanged: u64,
+    /// Highest resourceVersion among the listed objects: a safe resume point once the list
+    /// is complete (listed objects arrive in no particular order, so not before).
+    max_rv: Option<i64>,
 }
 
 /// Runs one watch until `cancel`; returns early only when the lanes close.
@@ -148,19 +156,66 @@ pub async fn run_watch(
         Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &ar),
         None => Api::all_with(ctx.client.clone(), &ar),
     };
+    let namespace = spec.namespace.clone().unwrap_or_default();
+    let scope = spec.scope(&ctx.cluster);
+    let mut progress = Progress::new(resume::scope_key(
+        &spec.route.group,
+        &spec.route.version,
+        &spec.route.plural,
+        spec.namespace.as_deref(),
+    ));
+    let mut first_list_done = false;
+    let mut last_error: Option<&'static str> = None;
+
+    // CRD watches always list: the manager needs the full set of CRDs to start from.
+    if ctx.resume && crd_events.is_none() {
+        let stored = tokio::select! {
+            _ = cancel.cancelled() => return,
+            p = resume::load(&ctx.db.pool, &ctx.cluster, &progress.key) => p,
+        };
+        match stored {
+            Ok(Some(rv)) => {
+                progress.committed = Some(rv);
+                match resume_watch(
+                    &ctx,
+                    &api,
+                    &spec,
+                    rv,
+                    &mut progress,
+                    &mut first_list_done,
+                    &cancel,
+                )
+                .await
+                {
+                    Ok(ResumeEnd::Stopped) => {
+                        final_checkpoint(&ctx, &progress).await;
+                        return;
+                    }
+                    Ok(ResumeEnd::Expired) => last_error = Some("expired"),
+                    Err(LanesClosed) => return,
+                }
+            }
+            Ok(None) => {}
+            Err(e) => warn!(resource = %label, error = %e, "cannot read the resume point; listing"),
+        }
+    }
+
     let config = watcher::Config::default().page_size(ctx.page_size);
     let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
-
     let mut list: Option<ListInProgress> = None;
-    let mut first_list_done = false;
-    let mut last_error: Option<&'static str> = None;
-    let namespace = spec.namespace.clone().unwrap_or_default();
-    let scope = spec.scope(&ctx.cluster);
+    let mut checkpoints = tokio::time::interval(ctx.checkpoint_interval);
+    checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = checkpoints.tick() => {
+                if list.is_none() {
+                    progress.checkpoint(&ctx);
+                }
+                continue;
+            }
             next = stream.next() => next,
         };
         let Some(event) = next else { break };
@@ -194,6 +249,7 @@ pub async fn run_watch(
                     let decision = match list.as_mut() {
                         Some(l) => {
                             l.listed += 1;
+                            l.max_rv = l.max_rv.max(obj.resource_version_number());
                             let d = l.snapshot.observe(
                                 obj.uid().unwrap_or_default(),
                                 obj.resource_version_number(),
@@ -218,6 +274,7 @@ pub async fn run_watch(
                 }
                 Ok(Event::InitDone) => {
                     if let Some(l) = list.take() {
+                        progress.seen(l.max_rv);
                         let gone = send_tombstones(&ctx, l.snapshot, observed_at).await?;
                         ListCompleted {
                             resource: &spec.route.plural,
@@ -239,6 +296,7 @@ pub async fn run_watch(
                     }
                 }
                 Ok(Event::Apply(obj)) => {
+                    progress.seen(obj.resource_version_number());
                     forward(
                         &ctx,
                         &spec,
@@ -250,6 +308,7 @@ pub async fn run_watch(
                     .await?;
                 }
                 Ok(Event::Delete(obj)) => {
+                    progress.seen(obj.resource_version_number());
                     forward(
                         &ctx,
                         &spec,
@@ -283,7 +342,196 @@ pub async fn run_watch(
         }
         .await;
         if result.is_err() {
-            break;
+            return;
+        }
+    }
+    if list.is_none() {
+        final_checkpoint(&ctx, &progress).await;
+    }
+}
+
+/// How far a watch has got, and the resume point stored for it.
+struct Progress {
+    key: String,
+    /// Highest resourceVersion up to which every change of the scope is queued.
+    queued: Option<i64>,
+    /// Highest resume point stored (or being stored).
+    committed: Option<i64>,
+    in_flight: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn new(key: String) -> Self {
+        Self {
+            key,
+            queued: None,
+            committed: None,
+            in_flight: None,
+        }
+    }
+
+    fn seen(&mut self, rv: Option<i64>) {
+        self.queued = self.queued.max(rv);
+    }
+
+    fn ahead(&self) -> Option<i64> {
+        self.queued
+            .filter(|q| self.committed.is_none_or(|c| c < *q))
+    }
+
+    /// Stores the resume point in the background once the lanes have committed everything
+    /// queued so far (one store at a time; never forces a flush).
+    fn checkpoint(&mut self, ctx: &Arc<WatchContext>) {
+        if !ctx.resume || self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let Some(rv) = self.ahead() else { return };
+        self.committed = Some(rv);
+        let ctx = ctx.clone();
+        let key = self.key.clone();
+        self.in_flight = Some(tokio::spawn(async move {
+            if ctx.lanes.committed().await.is_ok() {
+                if let Err(e) = resume::save(&ctx.db.pool, &ctx.cluster, &key, rv).await {
+                    debug!(scope = %key, error = %e, "resume point not stored; a restart lists from an older one");
+                }
+            }
+        }));
+    }
+}
+
+/// On shutdown: flush what this watch queued and store how far it got.
+async fn final_checkpoint(ctx: &WatchContext, progress: &Progress) {
+    let Some(rv) = progress.ahead().filter(|_| ctx.resume) else {
+        return;
+    };
+    if ctx.lanes.barrier().await.is_ok() {
+        if let Err(e) = resume::save(&ctx.db.pool, &ctx.cluster, &progress.key, rv).await {
+            warn!(scope = %progress.key, error = %e, "resume point not stored at shutdown");
+        }
+    }
+}
+
+enum ResumeEnd {
+    Stopped,
+    /// The server no longer has the history: list instead.
+    Expired,
+}
+
+/// Watches from a stored resume point instead of listing (a restart inside the server's
+/// history window). Ends when cancelled, or when the server answers 410 Gone.
+async fn resume_watch(
+    ctx: &Arc<WatchContext>,
+    api: &Api<RawObject>,
+    spec: &WatchSpec,
+    from: i64,
+    progress: &mut Progress,
+    first_list_done: &mut bool,
+    cancel: &CancellationToken,
+) -> Result<ResumeEnd, LanesClosed> {
+    let label = spec.label();
+    let namespace = spec.namespace.as_deref().unwrap_or("");
+    let mut rv = from;
+    let mut delay = Duration::from_millis(500);
+    let mut announced = false;
+    let mut checkpoints = tokio::time::interval(ctx.checkpoint_interval);
+    checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let expired = |metrics: &Metrics| {
+        WatchResumed {
+            resource: &label,
+            namespace,
+            from,
+            outcome: "expired",
+        }
+        .emit(metrics);
+        Ok(ResumeEnd::Expired)
+    };
+    loop {
+        let params = WatchParams::default().timeout(290);
+        let from_rv = rv.to_string();
+        let started = tokio::select! {
+            _ = cancel.cancelled() => return Ok(ResumeEnd::Stopped),
+            s = api.watch(&params, &from_rv) => s,
+        };
+        let stream = match started {
+            Ok(s) => s,
+            Err(kube::Error::Api(status)) if status.code == 410 => return expired(&ctx.metrics),
+            Err(e) => {
+                WatchFailed {
+                    resource: &label,
+                    error: &e.to_string(),
+                }
+                .emit(&ctx.metrics);
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(ResumeEnd::Stopped),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        if !announced {
+            announced = true;
+            WatchResumed {
+                resource: &label,
+                namespace,
+                from,
+                outcome: "resumed",
+            }
+            .emit(&ctx.metrics);
+            if spec.is_static && !*first_list_done {
+                *first_list_done = true;
+                ctx.health.static_route_listed();
+            }
+        }
+        futures::pin_mut!(stream);
+        loop {
+            let item = tokio::select! {
+                _ = cancel.cancelled() => return Ok(ResumeEnd::Stopped),
+                _ = checkpoints.tick() => {
+                    progress.checkpoint(ctx);
+                    continue;
+                }
+                item = stream.next() => item,
+            };
+            let observed_at = Utc::now();
+            let (object, kind) = match item {
+                None => break,
+                Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => (o, EventKind::Apply),
+                Some(Ok(WatchEvent::Deleted(o))) => (o, EventKind::Delete),
+                Some(Ok(WatchEvent::Bookmark(b))) => {
+                    if let Ok(v) = b.metadata.resource_version.parse::<i64>() {
+                        rv = rv.max(v);
+                        progress.seen(Some(v));
+                    }
+                    continue;
+                }
+                Some(Ok(WatchEvent::Error(status))) if status.code == 410 => {
+                    return expired(&ctx.metrics)
+                }
+                Some(Ok(WatchEvent::Error(status))) => {
+                    WatchFailed {
+                        resource: &label,
+                        error: &status.message,
+                    }
+                    .emit(&ctx.metrics);
+                    break;
+                }
+                Some(Err(e)) => {
+                    WatchFailed {
+                        resource: &label,
+                        error: &e.to_string(),
+                    }
+                    .emit(&ctx.metrics);
+                    break;
+                }
+            };
+            delay = Duration::from_millis(500);
+            let v = object.resource_version_number();
+            forward(ctx, spec, None, object, kind, observed_at).await?;
+            if let Some(v) = v {
+                rv = rv.max(v);
+                progress.seen(Some(v));
+            }
         }
     }
 }
@@ -311,6 +559,7 @@ async fn start_list(
                     _permit: permit,
                     listed: 0,
                     unchanged: 0,
+                    max_rv: None,
                 }));
             }
             Err(e) => {

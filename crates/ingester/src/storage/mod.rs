@@ -1,5 +1,6 @@
 //! PostgreSQL: connection pool, start-up wait, schema, batch writer, scope snapshots.
 
+pub mod resume;
 pub mod schema;
 pub mod snapshot;
 pub mod tls;

@@ -126,6 +126,7 @@ async fn ensure_locked(client: &Client) -> Result<SchemaInfo, SchemaError> {
     for ddl in INDEXES {
         client.batch_execute(ddl).await?;
     }
+    client.batch_execute(super::resume::TABLE_DDL).await?;
     if exists && lz4 {
         // Cheap catalog change; only values written from now on use lz4.
         if let Err(e) = client
