@@ -50,7 +50,10 @@ struct Pending {
 
 impl Pending {
     fn add(&mut self, uid: String, rv: i64, at: DateTime<Utc>) {
-        self.by_uid.entry(uid.clone()).or_default().push_back((rv, at));
+        self.by_uid
+            .entry(uid.clone())
+            .or_default()
+            .push_back((rv, at));
         self.order.push_back((at, uid, rv));
         self.count += 1;
     }
@@ -165,7 +168,10 @@ pub async fn run(
                     let obj = store
                         .merge_patch("v1", "Pod", Some(&ns), &name, &patch)
                         .map_err(|e| anyhow::anyhow!("patch {ns}/{name}: {e:?}"))?;
-                    let uid = obj["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+                    let uid = obj["metadata"]["uid"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
                     let rv: i64 = obj["metadata"]["resourceVersion"]
                         .as_str()
                         .and_then(|s| s.parse().ok())
@@ -200,17 +206,14 @@ pub async fn run(
         }
         if now < churn_end && last_sample.elapsed() >= Duration::from_millis(500) {
             last_sample = now;
-            queue_samples.push(
-                ingester
-                    .metric("ingester_queue_depth")
-                    .await
-                    .unwrap_or(0.0),
-            );
+            queue_samples.push(ingester.metric("ingester_queue_depth").await.unwrap_or(0.0));
         }
         let oldest = pending.lock().unwrap().oldest();
         if let Some(from) = oldest {
             let seen = Utc::now();
-            let rows = db.query(&poll_stmt, &[&(from - chrono::Duration::milliseconds(1))]).await?;
+            let rows = db
+                .query(&poll_stmt, &[&(from - chrono::Duration::milliseconds(1))])
+                .await?;
             let mut p = pending.lock().unwrap();
             for r in rows {
                 let uid: String = r.get(0);
@@ -239,8 +242,13 @@ pub async fn run(
         let Some(obj) = sim.sim.store().get("v1", "Pod", Some(&ns), &name) else {
             continue;
         };
-        let want = obj["metadata"]["annotations"][CHANGED_AT].as_str().map(str::to_owned);
-        let uid = obj["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+        let want = obj["metadata"]["annotations"][CHANGED_AT]
+            .as_str()
+            .map(str::to_owned);
+        let uid = obj["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let got: Option<String> = db
             .query_opt(
                 "SELECT raw->'metadata'->'annotations'->>'kube-sim.io/changed-at' FROM krateo_resources WHERE uid = $1",
@@ -257,7 +265,13 @@ pub async fn run(
     p.latencies_ms.sort_by(|a, b| a.total_cmp(b));
     let unresolved = p.count;
     let third = (queue_samples.len() / 3).max(1);
-    let mean = |s: &[f64]| if s.is_empty() { 0.0 } else { s.iter().sum::<f64>() / s.len() as f64 };
+    let mean = |s: &[f64]| {
+        if s.is_empty() {
+            0.0
+        } else {
+            s.iter().sum::<f64>() / s.len() as f64
+        }
+    };
     let queue_first = mean(&queue_samples[..third.min(queue_samples.len())]);
     let queue_last = mean(&queue_samples[queue_samples.len().saturating_sub(third)..]);
     let achieved_rate = issued as f64 / churn_secs.max(1e-9);
@@ -270,7 +284,11 @@ pub async fn run(
         issued,
         achieved_rate,
         p50_ms: pct(&p.latencies_ms, 50.0),
-        p99_ms: if unresolved > 0 { f64::INFINITY } else { pct(&p.latencies_ms, 99.0) },
+        p99_ms: if unresolved > 0 {
+            f64::INFINITY
+        } else {
+            pct(&p.latencies_ms, 99.0)
+        },
         max_ms: p.latencies_ms.last().copied().unwrap_or(f64::NAN),
         unresolved,
         pending_at_end,

@@ -353,7 +353,10 @@ async fn fresh_table(defaults: bool) -> anyhow::Result<(TestDb, Client)> {
         c.batch_execute("ALTER TABLE krateo_resources ALTER COLUMN raw SET COMPRESSION default, ALTER COLUMN status_raw SET COMPRESSION default")
             .await?;
     } else {
-        anyhow::ensure!(info.lz4, "this PostgreSQL has no lz4: the ingester's settings equal the defaults");
+        anyhow::ensure!(
+            info.lz4,
+            "this PostgreSQL has no lz4: the ingester's settings equal the defaults"
+        );
     }
     Ok((db, c))
 }
@@ -414,7 +417,12 @@ fn values_clause(rows: usize) -> String {
 async fn upserts(path: &Path, per_stmt: usize) -> anyhow::Result<WriteResult> {
     let (db, c) = fresh_table(true).await?;
     let admin = db.client().await?;
-    let sql = |n| format!("INSERT INTO krateo_resources ({COLUMNS}) VALUES {} {UPSERT_SET}", values_clause(n));
+    let sql = |n| {
+        format!(
+            "INSERT INTO krateo_resources ({COLUMNS}) VALUES {} {UPSERT_SET}",
+            values_clause(n)
+        )
+    };
     let full = c.prepare(&sql(per_stmt)).await?;
     let mut reader = RowReader::open(path)?;
     let pg_before = procfs::postgres_cpu();
@@ -501,12 +509,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Workload.
     let t = Instant::now();
     let sim = Sim::start(n, size).await?;
-    rep.add("setup", "kube-sim preload seconds", fmt1(t.elapsed().as_secs_f64()));
+    rep.add(
+        "setup",
+        "kube-sim preload seconds",
+        fmt1(t.elapsed().as_secs_f64()),
+    );
 
     // The rows, as the ingester would write them (prepared outside every timed window).
     let work = tempfile::tempdir()?;
     let rows_path = work.path().join("rows.pgcopy");
-    let prepared = rows::prepare(&sim.sim.base_url(), &static_routes(), CLUSTER, 500, &rows_path).await?;
+    let prepared = rows::prepare(
+        &sim.sim.base_url(),
+        &static_routes(),
+        CLUSTER,
+        500,
+        &rows_path,
+    )
+    .await?;
     rep.add("setup", "rows (pods + namespaces)", prepared.rows);
     rep.add(
         "setup",
@@ -521,12 +540,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let sync_rps = s.rows as f64 / s.seconds;
     rep.add("sync", "wall seconds", format!("{:.2}", s.seconds));
     rep.add("sync", "rows/s", format!("{sync_rps:.0}"));
-    rep.add("sync", "seconds to /readyz 200", format!("{:.2}", s.ready_seconds));
-    rep.add("sync", "ingester CPU seconds", format!("{:.2}", s.ingester_cpu));
-    rep.add("sync", "ingester peak RSS MiB (VmHWM)", fmt1(s.peak_rss_mib));
-    rep.add("sync", "PostgreSQL CPU s (our db + bg)", format!("{:.2}", s.pg_cpu_ours));
-    rep.add("sync", "PostgreSQL CPU s (all postgres)", format!("{:.2}", s.pg_cpu_all));
-    rep.add("sync", "harness+kube-sim CPU seconds", format!("{:.2}", s.harness_cpu));
+    rep.add(
+        "sync",
+        "seconds to /readyz 200",
+        format!("{:.2}", s.ready_seconds),
+    );
+    rep.add(
+        "sync",
+        "ingester CPU seconds",
+        format!("{:.2}", s.ingester_cpu),
+    );
+    rep.add(
+        "sync",
+        "ingester peak RSS MiB (VmHWM)",
+        fmt1(s.peak_rss_mib),
+    );
+    rep.add(
+        "sync",
+        "PostgreSQL CPU s (our db + bg)",
+        format!("{:.2}", s.pg_cpu_ours),
+    );
+    rep.add(
+        "sync",
+        "PostgreSQL CPU s (all postgres)",
+        format!("{:.2}", s.pg_cpu_all),
+    );
+    rep.add(
+        "sync",
+        "harness+kube-sim CPU seconds",
+        format!("{:.2}", s.harness_cpu),
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     rep.add(
         "sync",
@@ -541,14 +584,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("[2] single-stream binary COPY of the same rows");
         let c = bulk_copy(&rows_path, true).await?;
         copy_rps = c.rows as f64 / c.seconds;
-        rep.add("copy", "default table: seconds", format!("{:.2}", c.seconds));
-        rep.add("copy", "default table: rows/s (copy_rows_per_s)", format!("{copy_rps:.0}"));
-        rep.add("copy", "default table: PostgreSQL CPU s", format!("{:.2}", c.pg_cpu_ours));
+        rep.add(
+            "copy",
+            "default table: seconds",
+            format!("{:.2}", c.seconds),
+        );
+        rep.add(
+            "copy",
+            "default table: rows/s (copy_rows_per_s)",
+            format!("{copy_rps:.0}"),
+        );
+        rep.add(
+            "copy",
+            "default table: PostgreSQL CPU s",
+            format!("{:.2}", c.pg_cpu_ours),
+        );
         let l = bulk_copy(&rows_path, false).await?;
         let lz4_rps = l.rows as f64 / l.seconds;
         rep.add("copy", "lz4 table: rows/s", format!("{lz4_rps:.0}"));
-        rep.add("copy", "lz4 table: PostgreSQL CPU s", format!("{:.2}", l.pg_cpu_ours));
-        rep.add("copy", "sync vs lz4 COPY", format!("{:.2}", sync_rps / lz4_rps));
+        rep.add(
+            "copy",
+            "lz4 table: PostgreSQL CPU s",
+            format!("{:.2}", l.pg_cpu_ours),
+        );
+        rep.add(
+            "copy",
+            "sync vs lz4 COPY",
+            format!("{:.2}", sync_rps / lz4_rps),
+        );
     }
 
     // 3. Row-wise upserts.
@@ -557,26 +620,57 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("[3] row-wise upserts, one row per transaction");
         let r = upserts(&rows_path, 1).await?;
         rowwise_rps = r.rows as f64 / r.seconds;
-        rep.add("rowwise", "1 row/tx: rows/s (rowwise_rows_per_s)", format!("{rowwise_rps:.0}"));
-        rep.add("rowwise", "1 row/tx: PostgreSQL CPU s", format!("{:.2}", r.pg_cpu_ours));
+        rep.add(
+            "rowwise",
+            "1 row/tx: rows/s (rowwise_rows_per_s)",
+            format!("{rowwise_rps:.0}"),
+        );
+        rep.add(
+            "rowwise",
+            "1 row/tx: PostgreSQL CPU s",
+            format!("{:.2}", r.pg_cpu_ours),
+        );
     }
     if args.runs("multirow") {
         println!("[3b] 50-row multi-row upserts per transaction");
         let r = upserts(&rows_path, 50).await?;
-        rep.add("rowwise", "50 rows/tx: rows/s", format!("{:.0}", r.rows as f64 / r.seconds));
-        rep.add("rowwise", "50 rows/tx: PostgreSQL CPU s", format!("{:.2}", r.pg_cpu_ours));
+        rep.add(
+            "rowwise",
+            "50 rows/tx: rows/s",
+            format!("{:.0}", r.rows as f64 / r.seconds),
+        );
+        rep.add(
+            "rowwise",
+            "50 rows/tx: PostgreSQL CPU s",
+            format!("{:.2}", r.pg_cpu_ours),
+        );
     }
     drop(rows_path);
 
     // 4. Churn.
     let mut p99_ms = f64::NAN;
     if args.runs("churn") {
-        println!("[4] steady churn at {}/s for {}s", args.churn_rate, args.churn_seconds());
+        println!(
+            "[4] steady churn at {}/s for {}s",
+            args.churn_rate,
+            args.churn_seconds()
+        );
         let client = db.client().await?;
-        let r = churn::run(&sim, &client, &ing.proc, args.churn_rate, args.churn_seconds()).await?;
+        let r = churn::run(
+            &sim,
+            &client,
+            &ing.proc,
+            args.churn_rate,
+            args.churn_seconds(),
+        )
+        .await?;
         p99_ms = r.p99_ms;
         rep.add("churn", "changes issued", r.issued);
-        rep.add("churn", "achieved change rate /s", format!("{:.0}", r.achieved_rate));
+        rep.add(
+            "churn",
+            "achieved change rate /s",
+            format!("{:.0}", r.achieved_rate),
+        );
         rep.add("churn", "latency p50 ms", fmt1(r.p50_ms));
         rep.add("churn", "latency p99 ms", fmt1(r.p99_ms));
         rep.add("churn", "latency max ms", fmt1(r.max_ms));
@@ -613,7 +707,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 best = rate;
                 rate *= 2.0;
             }
-            rep.add("maxrate", "highest sustained changes/s", format!("{best:.0}{note}"));
+            rep.add(
+                "maxrate",
+                "highest sustained changes/s",
+                format!("{best:.0}{note}"),
+            );
         }
     }
 
@@ -625,10 +723,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         wait_quiet(&ing.proc, Duration::from_secs(60)).await;
         ing.proc.terminate(Duration::from_secs(90)).await?;
         let client = db.client().await?;
-        let xid: i64 = client
-            .query_one("SELECT txid_current()", &[])
-            .await?
-            .get(0);
+        let xid: i64 = client.query_one("SELECT txid_current()", &[]).await?.get(0);
         let xid32 = xid & 0xffff_ffff;
         let pg_before = procfs::postgres_cpu();
         let t0 = Instant::now();
@@ -646,14 +741,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await?
             .get(0);
         restart_rows = written;
-        rep.add("restart", "seconds to /readyz 200", format!("{restart_secs:.2}"));
-        rep.add("restart", "vs initial sync time", format!("{:.1}%", 100.0 * restart_secs / s.seconds));
+        rep.add(
+            "restart",
+            "seconds to /readyz 200",
+            format!("{restart_secs:.2}"),
+        );
+        rep.add(
+            "restart",
+            "vs initial sync time",
+            format!("{:.1}%", 100.0 * restart_secs / s.seconds),
+        );
         rep.add("restart", "rows rewritten (metric)", written);
         rep.add("restart", "rows whose xmin changed", xmin_changed);
         rep.add("restart", "rows skipped as unchanged", skipped);
-        rep.add("restart", "ingester CPU seconds", format!("{:.2}", procfs::cpu_seconds(p.pid()).map_or(0.0, |(_, c)| c)));
-        rep.add("restart", "ingester peak RSS MiB", fmt1(procfs::peak_rss_mib(p.pid()).unwrap_or(0.0)));
-        rep.add("restart", "PostgreSQL CPU s (our db + bg)", format!("{pg_cpu:.2}"));
+        rep.add(
+            "restart",
+            "ingester CPU seconds",
+            format!(
+                "{:.2}",
+                procfs::cpu_seconds(p.pid()).map_or(0.0, |(_, c)| c)
+            ),
+        );
+        rep.add(
+            "restart",
+            "ingester peak RSS MiB",
+            fmt1(procfs::peak_rss_mib(p.pid()).unwrap_or(0.0)),
+        );
+        rep.add(
+            "restart",
+            "PostgreSQL CPU s (our db + bg)",
+            format!("{pg_cpu:.2}"),
+        );
         ing.proc = p;
     }
     let _ = ing.proc.terminate(Duration::from_secs(60)).await;
@@ -670,8 +788,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let db = TestDb::create().await?;
             let expected = (sim.pods + sim.namespaces) as u64;
             let (mut ing, r) = sync(&args, &bin, &sim, &db, expected).await?;
-            rep.add("sizes", &format!("{}: sync rows/s", sz.label()), format!("{:.0}", r.rows as f64 / r.seconds));
-            rep.add("sizes", &format!("{}: peak RSS MiB", sz.label()), fmt1(r.peak_rss_mib));
+            rep.add(
+                "sizes",
+                &format!("{}: sync rows/s", sz.label()),
+                format!("{:.0}", r.rows as f64 / r.seconds),
+            );
+            rep.add(
+                "sizes",
+                &format!("{}: peak RSS MiB", sz.label()),
+                fmt1(r.peak_rss_mib),
+            );
             peaks.push(r.peak_rss_mib);
             peak_rss = peak_rss.max(r.peak_rss_mib);
             let _ = ing.proc.terminate(Duration::from_secs(60)).await;

@@ -86,7 +86,10 @@ pub fn encode_record(buf: &mut BytesMut, r: &Record) {
     put_field(buf, r.status_json().map(jsonb).as_deref());
     put_field(
         buf,
-        r.object_resource_version.map(i64::to_be_bytes).as_ref().map(|b| &b[..]),
+        r.object_resource_version
+            .map(i64::to_be_bytes)
+            .as_ref()
+            .map(|b| &b[..]),
     );
 }
 
@@ -121,7 +124,13 @@ pub async fn prepare(
                 url.push_str("&continue=");
                 url.push_str(c);
             }
-            let body = http.get(&url).send().await?.error_for_status()?.bytes().await?;
+            let body = http
+                .get(&url)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
             let page: Page<'_> = serde_json::from_slice(&body)?;
             let now = Utc::now();
             for item in page.items {

@@ -124,7 +124,11 @@ fn container(i: usize, c: usize, envs: usize) -> Value {
 fn managed_fields(containers: usize) -> Value {
     let mut spec_containers = serde_json::Map::new();
     for c in 0..containers {
-        let name = if c == 0 { "app".to_owned() } else { format!("sidecar-{c}") };
+        let name = if c == 0 {
+            "app".to_owned()
+        } else {
+            format!("sidecar-{c}")
+        };
         spec_containers.insert(
             format!("k:{{\"name\":\"{name}\"}}"),
             json!({".": {}, "f:env": {".": {}, "k:{\"name\":\"APP_SETTING\"}": {".": {}, "f:name": {}, "f:value": {}}},
@@ -157,7 +161,7 @@ fn build(i: usize, size: Size, envs: usize) -> Value {
         "pod-template-hash": "7d9f8b6c5d",
     });
     // A third of the pods belong to a Krateo composition.
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         labels["krateo.io/composition-id"] = json!(hex_uuid(mix(app as u64), 7));
     }
     let containers: Vec<Value> = (0..size.containers())
@@ -227,7 +231,8 @@ pub struct PodGen {
 impl PodGen {
     pub fn new(size: Size) -> PodGen {
         // Sizes as served (kube-sim adds uid, resourceVersion, creationTimestamp: ~130 bytes).
-        let served = |envs| serde_json::to_vec(&build(123_456, size, envs)).map_or(0, |v| v.len()) + 130;
+        let served =
+            |envs| serde_json::to_vec(&build(123_456, size, envs)).map_or(0, |v| v.len()) + 130;
         let base = served(0);
         let per = (served(10) - base) / 10;
         let envs = size.target_bytes().saturating_sub(base) / per.max(1);
