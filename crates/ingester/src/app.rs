@@ -130,6 +130,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             capacity: config.queue_capacity as usize,
             batch_size: config.batch_size as usize,
             flush_interval: config.flush_interval,
+            queue_bytes: config.queue_bytes,
+            batch_bytes: config.batch_bytes,
         },
         cluster.clone(),
         BatchWriter::new(db.pool.clone(), metrics.clone()),

@@ -74,6 +74,13 @@ pub struct Config {
     /// Capacity of each lane's queue; full queues back-pressure the watches.
     #[arg(long, env = "QUEUE_CAPACITY", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_capacity: u32,
+    /// JSON bytes the lanes may hold queued in all (`8MiB`, `512KiB`, or bytes): watches wait
+    /// beyond it, so memory does not grow with object size.
+    #[arg(long, env = "QUEUE_BYTES", default_value = "8MiB", value_parser = parse_bytes)]
+    pub queue_bytes: usize,
+    /// A lane flushes its batch once it holds this many JSON bytes (besides BATCH_SIZE rows).
+    #[arg(long, env = "BATCH_BYTES", default_value = "2MiB", value_parser = parse_bytes)]
+    pub batch_bytes: usize,
     /// Initial lists (and relists) running at once, so hundreds of CRDs do not hammer the API server.
     #[arg(long, env = "LIST_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub list_concurrency: u32,
@@ -160,6 +167,30 @@ impl Namespaces {
     pub fn is_all(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// `8MiB`, `512KiB`, `1GiB` or a plain number of bytes.
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: usize = number
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size like 8MiB, 512KiB or 1048576"))?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (use KiB, MiB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(factor)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("{s:?}: must be between 1 byte and the address space"))
 }
 
 fn parse_namespaces(s: &str) -> Result<Namespaces, String> {
@@ -330,6 +361,22 @@ mod tests {
         assert!("bogus=1".parse::<DbParams>().is_err());
         assert!("sslmode=verify-full".parse::<DbParams>().is_err());
         assert!("novalue".parse::<DbParams>().is_err());
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_bytes("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("8XB").is_err());
+        let e = parse(&["--queue-bytes", "big"])
+            .expect_err("bad")
+            .to_string();
+        assert!(e.contains("QUEUE_BYTES"), "{e}");
+        let c = parse(&[]).expect("defaults");
+        assert_eq!((c.queue_bytes, c.batch_bytes), (8 << 20, 2 << 20));
     }
 
     #[test]

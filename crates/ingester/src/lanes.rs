@@ -31,18 +31,12 @@ pub struct WatchedEvent {
     pub observed_at: DateTime<Utc>,
 }
 
-/// Bytes of object JSON the queues may hold, all lanes together: with the batch byte limit
-/// below, this keeps memory independent of object size (counts alone let 16 KiB objects use
-/// 8x the memory of 2 KiB ones). Measured with ingest-bench (docs/benchmarks.md).
-pub const QUEUE_BYTES: usize = 8 << 20;
-/// A lane flushes its batch once it holds this many bytes of object JSON (or `batch_size` rows).
-pub const BATCH_BYTES: usize = 2 << 20;
 /// Queue budget unit: permits are KiB.
 const PERMIT_BYTES: usize = 1024;
 
 enum LaneItem {
     // Boxed: a RawObject carries a full ObjectMeta, and queue slots are sized by the largest item.
-    // The permit holds the event's share of `QUEUE_BYTES` until a lane takes it into a batch.
+    // The permit holds the event's share of `queue_bytes` until a lane takes it into a batch.
     Event(Box<WatchedEvent>, Option<OwnedSemaphorePermit>),
     Tombstone(Tombstone),
     /// Answered once everything queued before it is committed.
@@ -57,6 +51,12 @@ pub struct LaneSettings {
     pub capacity: usize,
     pub batch_size: usize,
     pub flush_interval: Duration,
+    /// Bytes of object JSON the queues may hold, all lanes together (`QUEUE_BYTES`): with
+    /// `batch_bytes` this keeps memory independent of object size (counts alone let 16 KiB
+    /// objects use 8x the memory of 2 KiB ones). Measured with ingest-bench.
+    pub queue_bytes: usize,
+    /// A lane flushes once its batch holds this many bytes of object JSON (`BATCH_BYTES`).
+    pub batch_bytes: usize,
 }
 
 /// The senders into the lanes; cheap to clone. Lanes stop when every clone is dropped.
@@ -65,6 +65,8 @@ pub struct Lanes {
     senders: Arc<Vec<mpsc::Sender<LaneItem>>>,
     metrics: Arc<Metrics>,
     queue_bytes: Arc<Semaphore>,
+    /// Permits (KiB) in `queue_bytes`: the most one event can take.
+    queue_permits: usize,
 }
 
 /// The lanes are shutting down.
@@ -96,10 +98,12 @@ impl Lanes {
             };
             tracker.spawn(worker.run(rx));
         }
+        let queue_permits = (settings.queue_bytes / PERMIT_BYTES).max(1);
         Lanes {
             senders: Arc::new(senders),
             metrics,
-            queue_bytes: Arc::new(Semaphore::new(QUEUE_BYTES / PERMIT_BYTES)),
+            queue_bytes: Arc::new(Semaphore::new(queue_permits)),
+            queue_permits,
         }
     }
 
@@ -124,8 +128,8 @@ impl Lanes {
     /// Queues an event; waits while the object's lane is full.
     pub async fn send_event(&self, event: WatchedEvent) -> Result<(), LanesClosed> {
         let key = event.object.uid().unwrap_or_default().to_owned();
-        // Waits while the queues hold QUEUE_BYTES (an object bigger than that waits for all).
-        let kib = (event.object.json.len() / PERMIT_BYTES).clamp(1, QUEUE_BYTES / PERMIT_BYTES);
+        // Waits while the queues hold `queue_bytes` (an object bigger than that waits for all).
+        let kib = (event.object.json.len() / PERMIT_BYTES).clamp(1, self.queue_permits);
         let permit = self
             .queue_bytes
             .clone()
@@ -254,7 +258,7 @@ impl LaneWorker {
         loop {
             let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
             let must_flush = batch.len() >= self.settings.batch_size
-                || batch.bytes >= BATCH_BYTES
+                || batch.bytes >= self.settings.batch_bytes
                 || due
                 || !open
                 || !barriers.is_empty();
@@ -281,7 +285,7 @@ impl LaneWorker {
                         self.accept(item, &mut batch, &mut barriers, &mut committed);
                         // Take what is already queued without another trip through select!.
                         while batch.len() < self.settings.batch_size
-                            && batch.bytes < BATCH_BYTES
+                            && batch.bytes < self.settings.batch_bytes
                             && barriers.is_empty()
                         {
                             match rx.try_recv() {
