@@ -150,6 +150,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         health: health.clone(),
         list_permits: Arc::new(Semaphore::new(config.list_concurrency as usize)),
         page_size: config.list_page_size,
+        streaming_lists: config.streaming_lists,
         resume: config.watch_resume,
         checkpoint_interval: config.checkpoint_interval,
     });

@@ -79,11 +79,17 @@ pub struct Config {
     #[arg(long, env = "QUEUE_BYTES", default_value = "8MiB", value_parser = parse_bytes)]
     pub queue_bytes: usize,
     /// A lane flushes its batch once it holds this many JSON bytes (besides BATCH_SIZE rows).
-    #[arg(long, env = "BATCH_BYTES", default_value = "2MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "BATCH_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub batch_bytes: usize,
     /// Initial lists (and relists) running at once, so hundreds of CRDs do not hammer the API server.
     #[arg(long, env = "LIST_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub list_concurrency: u32,
+    /// Initial lists as streaming lists (`watch` with `sendInitialEvents`, Kubernetes'
+    /// WatchList feature) instead of paged lists: objects are decoded one event at a time,
+    /// so memory no longer follows a page's size. A server with the feature gate off refuses
+    /// them (422) and the watch falls back to paged lists.
+    #[arg(long, env = "STREAMING_LISTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub streaming_lists: bool,
     /// Objects per list page.
     #[arg(long, env = "LIST_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub list_page_size: u32,
@@ -376,7 +382,7 @@ mod tests {
             .to_string();
         assert!(e.contains("QUEUE_BYTES"), "{e}");
         let c = parse(&[]).expect("defaults");
-        assert_eq!((c.queue_bytes, c.batch_bytes), (8 << 20, 2 << 20));
+        assert_eq!((c.queue_bytes, c.batch_bytes), (8 << 20, 1 << 20));
     }
 
     #[test]

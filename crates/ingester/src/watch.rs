@@ -12,7 +12,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::events::{ListCompleted, Relisting, WatchFailed, WatchResumed};
 use crate::health::Health;
@@ -36,6 +36,8 @@ pub struct WatchContext {
     /// Bounds the lists running at once.
     pub list_permits: Arc<Semaphore>,
     pub page_size: u32,
+    /// Initial lists as streaming lists (WatchList) instead of pages.
+    pub streaming_lists: bool,
     /// Resume watches from their stored resume points (else always list first).
     pub resume: bool,
     pub checkpoint_interval: Duration,
@@ -200,9 +202,8 @@ pub async fn run_watch(
         }
     }
 
-    let config = watcher::Config::default().page_size(ctx.page_size);
-    let stream = watcher::watcher(api, config).default_backoff();
-    futures::pin_mut!(stream);
+    let mut streaming = ctx.streaming_lists;
+    let mut stream = list_and_watch(&api, ctx.page_size, streaming);
     let mut list: Option<ListInProgress> = None;
     let mut checkpoints = tokio::time::interval(ctx.checkpoint_interval);
     checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -219,6 +220,15 @@ pub async fn run_watch(
             next = stream.next() => next,
         };
         let Some(event) = next else { break };
+        if let Err(e) = &event {
+            if streaming && refuses_streaming_lists(e) {
+                info!(resource = %label, "the API server does not serve streaming lists (WatchList feature gate off); using paged lists");
+                streaming = false;
+                stream = list_and_watch(&api, ctx.page_size, false);
+                list = None;
+                continue;
+            }
+        }
         let observed_at = Utc::now();
         let result: Result<(), LanesClosed> = async {
             match event {
@@ -534,6 +544,27 @@ async fn resume_watch(
             }
         }
     }
+}
+
+type EventStream = futures::stream::BoxStream<'static, watcher::Result<Event<RawObject>>>;
+
+/// kube-runtime's watcher with its default backoff; initial lists as streaming lists (one
+/// object per event) or as pages of `page_size`.
+fn list_and_watch(api: &Api<RawObject>, page_size: u32, streaming: bool) -> EventStream {
+    let config = watcher::Config::default().page_size(page_size);
+    let config = if streaming {
+        config.streaming_lists()
+    } else {
+        config
+    };
+    watcher::watcher(api.clone(), config)
+        .default_backoff()
+        .boxed()
+}
+
+/// A server with the WatchList feature gate off refuses `sendInitialEvents` as invalid.
+fn refuses_streaming_lists(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 422 || s.code == 400)
 }
 
 /// Waits for a list permit, lets every queued change commit, then loads the scope's rows.

@@ -247,7 +247,9 @@ async fn deletes_while_stopped_are_found_and_unchanged_objects_are_not_rewritten
 
     // The list path (resume points off): deletes are found by the relist sweep. The resume
     // path, where they arrive as replayed events, is tests/resume.rs.
-    let mut ing = h.start_ready(&[("WATCH_RESUME", "false")]).await?;
+    let mut ing = h
+        .start_ready(&[("WATCH_RESUME", "false"), ("STREAMING_LISTS", "false")])
+        .await?;
     assert_converged(&h, &[&ing]).await?;
     let written = metric(&ing, "ingester_rows_written_total").await;
     let skipped = metric(&ing, "ingester_rows_unchanged_skipped_total").await;
@@ -292,7 +294,9 @@ async fn deletes_while_stopped_are_found_and_unchanged_objects_are_not_rewritten
 
     // A restart over an unchanged cluster writes nothing (listing, not resuming).
     assert!(ing.terminate(WAIT).await?.success());
-    let ing = h.start_ready(&[("WATCH_RESUME", "false")]).await?;
+    let ing = h
+        .start_ready(&[("WATCH_RESUME", "false"), ("STREAMING_LISTS", "false")])
+        .await?;
     assert_converged(&h, &[&ing]).await?;
     sleep_ms(500).await;
     let written = metric(&ing, "ingester_rows_written_total").await;

@@ -485,3 +485,27 @@ async fn a_missing_kind_and_a_bad_route_line_do_not_stop_the_others() -> anyhow:
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_paged_lists_when_the_server_refuses_streaming_lists() -> anyhow::Result<()> {
+    let h = Harness::with_sim(kube_sim::SimConfig {
+        watch_list: false,
+        ..Default::default()
+    })
+    .await?;
+    let store = h.store();
+    store.create(namespace("paged"))?;
+    let mut pods = Vec::new();
+    for i in 0..30 {
+        pods.push(store.create(pod("paged", &format!("p{i}")))?);
+    }
+    let ing = h.start_ready(&[("LIST_PAGE_SIZE", "7")]).await?;
+    h.wait_count("resource_plural = 'pods' AND deleted_at IS NULL", 30)
+        .await?;
+    assert!(ing.log().contains("using paged lists"), "{}", ing.log());
+    // Live changes still flow after the fallback.
+    store.delete("v1", "Pod", Some("paged"), "p0")?;
+    h.wait_row(&uid(&pods[0]), "deleted after the fallback", |_, d| d)
+        .await?;
+    Ok(())
+}

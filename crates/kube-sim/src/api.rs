@@ -25,6 +25,8 @@ pub(crate) struct AppState {
     /// Bearer token accepted in TLS mode; `None` = no authentication (plain HTTP).
     pub token: Option<String>,
     pub bookmark_interval: Duration,
+    /// Streaming lists served (the WatchList feature gate).
+    pub watch_list: bool,
     pub shutdown: CancellationToken,
     pub server_address: String,
 }
@@ -328,6 +330,15 @@ async fn resource_inner(
                     .push((crate::selector::Field::Name, true, n.clone()));
             }
             if legacy_watch || flag(q, "watch") {
+                if !state.watch_list && flag(q, "sendInitialEvents") {
+                    return Err(ApiError::invalid(
+                        "meta.k8s.io",
+                        "ListOptions",
+                        "",
+                        "sendInitialEvents",
+                        "Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+                    ));
+                }
                 let wq = WatchQuery {
                     ns: t.ns.clone(),
                     labels,

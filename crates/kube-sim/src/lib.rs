@@ -42,6 +42,9 @@ pub struct SimConfig {
     pub bookmark_interval: Duration,
     /// Serve HTTPS with generated certificates and require a client certificate or token.
     pub tls: bool,
+    /// Serve streaming lists (`sendInitialEvents`); `false` answers them with 422 Invalid, as a
+    /// server with the WatchList feature gate off does (Kubernetes 1.33 by default).
+    pub watch_list: bool,
 }
 
 impl Default for SimConfig {
@@ -51,6 +54,7 @@ impl Default for SimConfig {
             history: 10_000,
             bookmark_interval: Duration::from_secs(1),
             tls: false,
+            watch_list: true,
         }
     }
 }
@@ -85,6 +89,7 @@ impl KubeSim {
             store: store.clone(),
             token: tls.as_ref().map(|t| t.token.clone()),
             bookmark_interval: cfg.bookmark_interval,
+            watch_list: cfg.watch_list,
             shutdown: shutdown.clone(),
             server_address: addr.to_string(),
         });

@@ -24,6 +24,10 @@ struct Args {
     /// Serve HTTPS with generated certificates; require a client certificate or bearer token.
     #[arg(long)]
     tls: bool,
+    /// Refuse streaming lists (sendInitialEvents) with 422, like a server whose WatchList
+    /// feature gate is off.
+    #[arg(long)]
+    no_watch_list: bool,
     /// Events kept for watches and paged lists (older revisions get 410 Expired).
     #[arg(long, default_value_t = 10_000)]
     history: usize,
@@ -110,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         history: args.history,
         bookmark_interval: args.bookmark_interval,
         tls: args.tls,
+        watch_list: !args.no_watch_list,
     };
     let sim = KubeSim::start_with_store(cfg, store).await?;
     if let Some(p) = &args.kubeconfig_out {

@@ -769,3 +769,23 @@ async fn big_lists_stream_and_workload_churns() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_lists_refused_when_the_watch_list_gate_is_off() {
+    let sim = start_with(SimConfig {
+        watch_list: false,
+        ..Default::default()
+    })
+    .await;
+    let (code, body) = get(
+        &sim,
+        "/api/v1/configmaps?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
+    )
+    .await;
+    assert_eq!(code, 422);
+    assert_status(&body, 422, "Invalid");
+    // Plain watches and lists are unaffected.
+    let (code, _) = get(&sim, "/api/v1/configmaps").await;
+    assert_eq!(code, 200);
+    sim.shutdown().await;
+}
