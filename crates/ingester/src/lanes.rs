@@ -157,31 +157,26 @@ impl Lanes {
         .await
     }
 
-    /// Returns once everything queued before this call is committed.
+    /// Returns once everything queued before this call is committed (flushing now).
     pub async fn barrier(&self) -> Result<(), LanesClosed> {
-        let mut acks = Vec::with_capacity(self.senders.len());
-        for tx in self.senders.iter() {
-            let (ack, wait) = oneshot::channel();
-            tx.send(LaneItem::Barrier(ack))
-                .await
-                .map_err(|_| LanesClosed)?;
-            acks.push(wait);
-        }
-        for wait in acks {
-            wait.await.map_err(|_| LanesClosed)?;
-        }
-        Ok(())
+        self.acknowledged_by_all(LaneItem::Barrier).await
     }
 
     /// Returns once everything queued before this call is committed, letting the lanes
     /// flush on their own schedule (for resume checkpoints, which must not cost flushes).
     pub async fn committed(&self) -> Result<(), LanesClosed> {
+        self.acknowledged_by_all(LaneItem::Committed).await
+    }
+
+    /// Queues `item(ack)` in every lane and waits for every acknowledgement.
+    async fn acknowledged_by_all(
+        &self,
+        item: fn(oneshot::Sender<()>) -> LaneItem,
+    ) -> Result<(), LanesClosed> {
         let mut acks = Vec::with_capacity(self.senders.len());
         for tx in self.senders.iter() {
             let (ack, wait) = oneshot::channel();
-            tx.send(LaneItem::Committed(ack))
-                .await
-                .map_err(|_| LanesClosed)?;
+            tx.send(item(ack)).await.map_err(|_| LanesClosed)?;
             acks.push(wait);
         }
         for wait in acks {

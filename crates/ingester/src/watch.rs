@@ -306,28 +306,12 @@ pub async fn run_watch(
                     }
                 }
                 Ok(Event::Apply(obj)) => {
-                    progress.seen(obj.resource_version_number());
-                    forward(
-                        &ctx,
-                        &spec,
-                        crd_events.as_ref(),
-                        obj,
-                        EventKind::Apply,
-                        observed_at,
-                    )
-                    .await?;
+                    let live = (crd_events.as_ref(), observed_at);
+                    forward_live(&ctx, &spec, &mut progress, live, obj, EventKind::Apply).await?;
                 }
                 Ok(Event::Delete(obj)) => {
-                    progress.seen(obj.resource_version_number());
-                    forward(
-                        &ctx,
-                        &spec,
-                        crd_events.as_ref(),
-                        obj,
-                        EventKind::Delete,
-                        observed_at,
-                    )
-                    .await?;
+                    let live = (crd_events.as_ref(), observed_at);
+                    forward_live(&ctx, &spec, &mut progress, live, obj, EventKind::Delete).await?;
                 }
                 Err(e) => {
                     let text = e.to_string();
@@ -658,6 +642,19 @@ async fn send_tombstones(
         ctx.lanes.send_tombstone(&uid, g, at).await?;
     }
     Ok(gone)
+}
+
+/// A live change of the list-and-watch stream: it moves the resume point, then goes on.
+async fn forward_live(
+    ctx: &WatchContext,
+    spec: &WatchSpec,
+    progress: &mut Progress,
+    (crd_events, observed_at): (Option<&mpsc::Sender<CrdEvent>>, chrono::DateTime<Utc>),
+    object: RawObject,
+    kind: EventKind,
+) -> Result<(), LanesClosed> {
+    progress.seen(object.resource_version_number());
+    forward(ctx, spec, crd_events, object, kind, observed_at).await
 }
 
 /// A live (not listed) change: to the manager when this is the CRD watch, and to its lane.
