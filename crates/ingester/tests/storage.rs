@@ -191,6 +191,16 @@ async fn an_existing_table_with_a_wrong_column_type_stops_start_up_with_its_name
         err.contains("composition_id") && err.contains("uuid"),
         "{err}"
     );
+    c.batch_execute(
+        "ALTER TABLE krateo_resources ALTER COLUMN composition_id TYPE uuid USING composition_id::uuid",
+    )
+    .await?;
+    let err = Database::connect(&config(&db), 1)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("column id has no default"), "{err}");
     c.batch_execute("DROP TABLE krateo_resources; CREATE TABLE krateo_resources (id bigint)")
         .await?;
     let err = Database::connect(&config(&db), 1)

@@ -51,6 +51,8 @@ pub enum SchemaError {
         "table {TABLE} has no unique constraint or index on global_uid, which the upsert needs"
     )]
     NoUniqueGlobalUid,
+    #[error("table {TABLE} column id has no default or identity, so rows cannot be inserted")]
+    IdWithoutDefault,
     #[error("schema set-up failed: {0}")]
     Db(#[from] tokio_postgres::Error),
 }
@@ -185,6 +187,17 @@ async fn check_columns(client: &Client) -> Result<(), SchemaError> {
         .get(0);
     if !unique {
         return Err(SchemaError::NoUniqueGlobalUid);
+    }
+    let id_generated: bool = client
+        .query_one(
+            "SELECT a.attidentity <> '' OR a.atthasdef FROM pg_attribute a
+              WHERE a.attrelid = to_regclass($1) AND a.attname = 'id'",
+            &[&TABLE],
+        )
+        .await?
+        .get(0);
+    if !id_generated {
+        return Err(SchemaError::IdWithoutDefault);
     }
     Ok(())
 }
