@@ -651,6 +651,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.churn_seconds()
         );
         let client = db.client().await?;
+        let cpu_before = procfs::cpu_seconds(ing.proc.pid()).map_or(0.0, |(_, c)| c);
         let r = churn::run(
             &sim,
             &client,
@@ -659,6 +660,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.churn_seconds(),
         )
         .await?;
+        let churn_cpu = procfs::cpu_seconds(ing.proc.pid()).map_or(0.0, |(_, c)| c) - cpu_before;
         p99_ms = r.p99_ms;
         rep.add("churn", "changes issued", r.issued);
         rep.add(
@@ -672,6 +674,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rep.add("churn", "changes never seen (30 s grace)", r.unresolved);
         rep.add("churn", "max ingester_queue_depth", r.max_queue);
         rep.add("churn", "stamped annotation checked in raw", r.stamp_check);
+        // The window includes churn's 30 s grace for late rows: an upper bound per change.
+        rep.add("churn", "ingester CPU seconds", format!("{churn_cpu:.2}"));
+        rep.add(
+            "churn",
+            "ingester CPU % of a core per 100 changes/s",
+            format!(
+                "{:.2}",
+                100.0 * churn_cpu
+                    / args.churn_seconds() as f64
+                    / (r.achieved_rate / 100.0).max(0.01)
+            ),
+        );
         if args.runs("maxrate") {
             println!("[4b] highest sustained rate");
             let mut rate = args.churn_rate * 2.0;
