@@ -180,7 +180,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     watch_tracker.spawn(db_pinger(db.clone(), health.clone(), watches.clone()));
     tokio::spawn(status_loop(
-        lanes.clone(),
         metrics.clone(),
         health.clone(),
         config.status_interval,
@@ -324,7 +323,6 @@ async fn db_pinger(db: Database, health: Arc<Health>, cancel: CancellationToken)
 }
 
 async fn status_loop(
-    lanes: Lanes,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     every: Duration,
@@ -337,7 +335,7 @@ async fn status_loop(
         }
         let runtime = tokio::runtime::Handle::current().metrics();
         info!(
-            queue_depth = lanes.depth(),
+            queue_depth = metrics.queue_depth.get(),
             pending_batch = metrics.pending_batch.get(),
             active_watches = metrics.active_watches.get(),
             rows_written = metrics.rows_written.get(),

@@ -46,7 +46,11 @@ impl RecordDropped<'_> {
             .get_or_create(&label("reason", self.reason))
             .inc();
     }
-    pub fn from_error<'a>(resource: &'a str, name: &'a str, e: &RecordError) -> RecordDropped<'a> {
+    pub fn from_error<'a>(resource: &'a str, e: &'a RecordError) -> RecordDropped<'a> {
+        let name = match e {
+            RecordError::MissingUid { name } => name.as_str(),
+            RecordError::MissingName => "",
+        };
         RecordDropped {
             resource,
             name,

@@ -107,18 +107,17 @@ impl Lanes {
         }
     }
 
-    fn lane_of(&self, uid: &str) -> &mpsc::Sender<LaneItem> {
+    fn lane_of(&self, uid: &str) -> usize {
         // SipHash with fixed keys: stable for the life of the process, which is all that
         // per-object ordering needs.
         let mut h = std::hash::DefaultHasher::new();
         uid.hash(&mut h);
-        let i = (h.finish() % self.senders.len() as u64) as usize;
-        &self.senders[i]
+        (h.finish() % self.senders.len() as u64) as usize
     }
 
-    async fn send(&self, key: &str, item: LaneItem) -> Result<(), LanesClosed> {
+    async fn send(&self, lane: usize, item: LaneItem) -> Result<(), LanesClosed> {
         self.metrics.queue_depth.inc();
-        let r = self.lane_of(key).send(item).await.map_err(|_| LanesClosed);
+        let r = self.senders[lane].send(item).await.map_err(|_| LanesClosed);
         if r.is_err() {
             self.metrics.queue_depth.dec();
         }
@@ -127,7 +126,7 @@ impl Lanes {
 
     /// Queues an event; waits while the object's lane is full.
     pub async fn send_event(&self, event: WatchedEvent) -> Result<(), LanesClosed> {
-        let key = event.object.uid().unwrap_or_default().to_owned();
+        let lane = self.lane_of(event.object.uid().unwrap_or_default());
         // Waits while the queues hold `queue_bytes` (an object bigger than that waits for all).
         let kib = (event.object.json.len() / PERMIT_BYTES).clamp(1, self.queue_permits);
         let permit = self
@@ -136,7 +135,7 @@ impl Lanes {
             .acquire_many_owned(kib as u32)
             .await
             .ok();
-        self.send(&key, LaneItem::Event(Box::new(event), permit))
+        self.send(lane, LaneItem::Event(Box::new(event), permit))
             .await
     }
 
@@ -148,7 +147,7 @@ impl Lanes {
         observed_at: DateTime<Utc>,
     ) -> Result<(), LanesClosed> {
         self.send(
-            uid,
+            self.lane_of(uid),
             LaneItem::Tombstone(Tombstone {
                 global_uid,
                 observed_at,
@@ -183,14 +182,6 @@ impl Lanes {
             wait.await.map_err(|_| LanesClosed)?;
         }
         Ok(())
-    }
-
-    /// Events waiting in all lanes.
-    pub fn depth(&self) -> usize {
-        self.senders
-            .iter()
-            .map(|s| s.max_capacity() - s.capacity())
-            .sum()
     }
 }
 
@@ -337,7 +328,6 @@ impl LaneWorker {
     }
 
     fn build(&self, ev: WatchedEvent, batch: &mut Batch) -> bool {
-        let name = ev.object.metadata.name.clone().unwrap_or_default();
         match build_record(ev.object, &ev.route, &self.cluster, ev.kind, ev.observed_at) {
             Ok((record, notices)) => {
                 for n in &notices {
@@ -358,7 +348,7 @@ impl LaneWorker {
                 true
             }
             Err(e) => {
-                RecordDropped::from_error(&ev.route.plural, &name, &e).emit(&self.metrics);
+                RecordDropped::from_error(&ev.route.plural, &e).emit(&self.metrics);
                 false
             }
         }

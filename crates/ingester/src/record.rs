@@ -85,8 +85,9 @@ pub enum Notice {
 /// A record could not be built at all.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    #[error("object has no metadata.uid")]
-    MissingUid,
+    /// Carries the name, so the drop can be logged without keeping a copy of it per event.
+    #[error("object {name:?} has no metadata.uid")]
+    MissingUid { name: String },
     #[error("object has no metadata.name")]
     MissingName,
 }
@@ -94,7 +95,7 @@ pub enum RecordError {
 impl RecordError {
     pub fn reason(&self) -> &'static str {
         match self {
-            RecordError::MissingUid => "missing_uid",
+            RecordError::MissingUid { .. } => "missing_uid",
             RecordError::MissingName => "missing_name",
         }
     }
@@ -113,7 +114,7 @@ pub fn build_record(
     observed_at: DateTime<Utc>,
 ) -> Result<(Record, Vec<Notice>), RecordError> {
     let mut notices = Vec::new();
-    let obj = match sanitise_nul(&obj.json) {
+    let mut obj = match sanitise_nul(&obj.json) {
         Some(clean) => match RawObject::from_json(clean) {
             Ok(clean) => {
                 notices.push(Notice::NulRemoved);
@@ -123,8 +124,10 @@ pub fn build_record(
         },
         None => obj,
     };
-    let uid = obj.metadata.uid.clone().ok_or(RecordError::MissingUid)?;
-    let name = obj.metadata.name.clone().ok_or(RecordError::MissingName)?;
+    let name = obj.metadata.name.take().ok_or(RecordError::MissingName)?;
+    let Some(uid) = obj.metadata.uid.take() else {
+        return Err(RecordError::MissingUid { name });
+    };
 
     let label_id = match obj.composition_label.as_deref() {
         Some(label) => match Uuid::parse_str(label) {
@@ -385,7 +388,7 @@ mod tests {
             EventKind::Apply,
             now(),
         );
-        assert_eq!(e.err(), Some(RecordError::MissingUid));
+        assert_eq!(e.err(), Some(RecordError::MissingUid { name: "x".into() }));
         let o = RawObject::from_json(r#"{"metadata":{"uid":"x"}}"#.into()).expect("ok");
         let e = build_record(
             o,

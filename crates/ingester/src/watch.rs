@@ -259,11 +259,9 @@ pub async fn run_watch(
                     let decision = match list.as_mut() {
                         Some(l) => {
                             l.listed += 1;
-                            l.max_rv = l.max_rv.max(obj.resource_version_number());
-                            let d = l.snapshot.observe(
-                                obj.uid().unwrap_or_default(),
-                                obj.resource_version_number(),
-                            );
+                            let rv = obj.resource_version_number();
+                            l.max_rv = l.max_rv.max(rv);
+                            let d = l.snapshot.observe(obj.uid().unwrap_or_default(), rv);
                             if d == Listed::Unchanged {
                                 l.unchanged += 1;
                             }
@@ -306,12 +304,30 @@ pub async fn run_watch(
                     }
                 }
                 Ok(Event::Apply(obj)) => {
-                    let live = (crd_events.as_ref(), observed_at);
-                    forward_live(&ctx, &spec, &mut progress, live, obj, EventKind::Apply).await?;
+                    let crd = crd_events.as_ref();
+                    forward(
+                        &ctx,
+                        &spec,
+                        &mut progress,
+                        crd,
+                        obj,
+                        EventKind::Apply,
+                        observed_at,
+                    )
+                    .await?;
                 }
                 Ok(Event::Delete(obj)) => {
-                    let live = (crd_events.as_ref(), observed_at);
-                    forward_live(&ctx, &spec, &mut progress, live, obj, EventKind::Delete).await?;
+                    let crd = crd_events.as_ref();
+                    forward(
+                        &ctx,
+                        &spec,
+                        &mut progress,
+                        crd,
+                        obj,
+                        EventKind::Delete,
+                        observed_at,
+                    )
+                    .await?;
                 }
                 Err(e) => {
                     let text = e.to_string();
@@ -424,7 +440,6 @@ async fn resume_watch(
 ) -> Result<ResumeEnd, LanesClosed> {
     let label = spec.label();
     let namespace = spec.namespace.as_deref().unwrap_or("");
-    let mut rv = from;
     let mut delay = Duration::from_millis(500);
     let mut announced = false;
     let mut checkpoints = tokio::time::interval(ctx.checkpoint_interval);
@@ -441,7 +456,8 @@ async fn resume_watch(
     };
     loop {
         let params = WatchParams::default().timeout(290);
-        let from_rv = rv.to_string();
+        // Re-watch from the newest resourceVersion seen (events and bookmarks).
+        let from_rv = progress.queued.map_or(from, |q| q.max(from)).to_string();
         let started = tokio::select! {
             _ = cancel.cancelled() => return Ok(ResumeEnd::Stopped),
             s = api.watch(&params, &from_rv) => s,
@@ -493,10 +509,7 @@ async fn resume_watch(
                 Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => (o, EventKind::Apply),
                 Some(Ok(WatchEvent::Deleted(o))) => (o, EventKind::Delete),
                 Some(Ok(WatchEvent::Bookmark(b))) => {
-                    if let Ok(v) = b.metadata.resource_version.parse::<i64>() {
-                        rv = rv.max(v);
-                        progress.seen(Some(v));
-                    }
+                    progress.seen(b.metadata.resource_version.parse().ok());
                     continue;
                 }
                 Some(Ok(WatchEvent::Error(status))) if status.code == 410 => {
@@ -520,12 +533,7 @@ async fn resume_watch(
                 }
             };
             delay = Duration::from_millis(500);
-            let v = object.resource_version_number();
-            forward(ctx, spec, None, object, kind, observed_at).await?;
-            if let Some(v) = v {
-                rv = rv.max(v);
-                progress.seen(Some(v));
-            }
+            forward(ctx, spec, progress, None, object, kind, observed_at).await?;
         }
     }
 }
@@ -644,28 +652,18 @@ async fn send_tombstones(
     Ok(gone)
 }
 
-/// A live change of the list-and-watch stream: it moves the resume point, then goes on.
-async fn forward_live(
-    ctx: &WatchContext,
-    spec: &WatchSpec,
-    progress: &mut Progress,
-    (crd_events, observed_at): (Option<&mpsc::Sender<CrdEvent>>, chrono::DateTime<Utc>),
-    object: RawObject,
-    kind: EventKind,
-) -> Result<(), LanesClosed> {
-    progress.seen(object.resource_version_number());
-    forward(ctx, spec, crd_events, object, kind, observed_at).await
-}
-
-/// A live (not listed) change: to the manager when this is the CRD watch, and to its lane.
+/// A live (not listed) change: it moves the resume point, goes to the manager when this is
+/// the CRD watch, and to its lane. (Live changes arrive in resourceVersion order.)
 async fn forward(
     ctx: &WatchContext,
     spec: &WatchSpec,
+    progress: &mut Progress,
     crd_events: Option<&mpsc::Sender<CrdEvent>>,
     object: RawObject,
     kind: EventKind,
     observed_at: chrono::DateTime<Utc>,
 ) -> Result<(), LanesClosed> {
+    progress.seen(object.resource_version_number());
     if let Some(tx) = crd_events {
         let event = match kind {
             EventKind::Apply => CrdEvent::Applied(object.clone()),

@@ -171,6 +171,15 @@ async fn schema_is_created_once_with_lz4_even_by_concurrent_replicas() -> anyhow
     Ok(())
 }
 
+/// The error `Database::connect` stops start-up with ("" if it started).
+async fn start_up_error(db: &TestDb) -> String {
+    Database::connect(&config(db), 1)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+}
+
 #[tokio::test]
 async fn an_existing_table_with_a_wrong_column_type_stops_start_up_with_its_name(
 ) -> anyhow::Result<()> {
@@ -182,11 +191,7 @@ async fn an_existing_table_with_a_wrong_column_type_stops_start_up_with_its_name
           resource_kind text, resource_plural text, resource_name text, composition_id text, raw jsonb, status_raw jsonb)",
     )
     .await?;
-    let err = Database::connect(&config(&db), 1)
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = start_up_error(&db).await;
     assert!(
         err.contains("composition_id") && err.contains("uuid"),
         "{err}"
@@ -195,19 +200,11 @@ async fn an_existing_table_with_a_wrong_column_type_stops_start_up_with_its_name
         "ALTER TABLE krateo_resources ALTER COLUMN composition_id TYPE uuid USING composition_id::uuid",
     )
     .await?;
-    let err = Database::connect(&config(&db), 1)
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = start_up_error(&db).await;
     assert!(err.contains("column id has no default"), "{err}");
     c.batch_execute("DROP TABLE krateo_resources; CREATE TABLE krateo_resources (id bigint)")
         .await?;
-    let err = Database::connect(&config(&db), 1)
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = start_up_error(&db).await;
     assert!(
         err.contains("created_at") && err.contains("missing"),
         "{err}"
