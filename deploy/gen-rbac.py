@@ -111,6 +111,14 @@ def rules_yaml(static: dict[str, set[str]], managed: list[str]) -> str:
         lines.append(f"- apiGroups: [{q(group)}]")
         lines.append("  resources: [" + ", ".join(q(r) for r in resources) + "]")
         lines.append(f"  verbs: {verbs}")
+    # The cluster identity (crates/ingester/src/cluster.rs): the uid of this one namespace. No
+    # rule for selfsubjectaccessreviews (`resources-ingester check`): every authenticated
+    # identity may create them through the default ClusterRole system:basic-user.
+    lines.append("# Cluster identity: the uid of namespace kube-system (CLUSTER_ID replaces it).")
+    lines.append('- apiGroups: [""]')
+    lines.append('  resources: ["namespaces"]')
+    lines.append('  resourceNames: ["kube-system"]')
+    lines.append('  verbs: ["get"]')
     if managed:
         lines.append(
             "# Managed groups (crates/ingester/manager/assets/managed_groups): every resource of"
@@ -216,6 +224,13 @@ def main(argv: list[str]) -> int:
         warn(
             "managed groups are configured but customresourcedefinitions is not a static route: "
             "the CRD manager will never see a CRD"
+        )
+    if "secrets" in static.get("", set()):
+        warn(
+            "the static routes include Secrets (/v1/secrets): the ClusterRole lets the ingester read "
+            "every Secret's values. They are stored redacted (REDACT_SENSITIVE=true, the default: "
+            "data, stringData and the last-applied annotation keep their keys, lose their values); "
+            "see docs/operations.md, 'What is stored'"
         )
     rules = rules_yaml(static, managed)
     if args.print:

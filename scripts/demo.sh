@@ -24,7 +24,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "Building resources-ingester and kube-sim (release)"
 cargo build --release -q -p resources-ingester -p kube-sim
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 
 step "PostgreSQL"
 if [ -n "${DB_HOST:-}" ] && [ -n "${DB_NAME:-}" ] && [ -n "${DB_USER:-}" ]; then
@@ -48,7 +48,9 @@ grep listening "$WORK/sim.out" || { cat "$WORK/sim.log"; exit 1; }
 
 step "resources-ingester"
 PORT=$(free_tcp_port) METRICS_PORT=$(free_tcp_port)
-KUBECONFIG="$WORK/kubeconfig" CLUSTER_NAME=demo PORT=$PORT METRICS_PORT=$METRICS_PORT \
+# Every run is a new kube-sim (a new kube-system uid): one CLUSTER_ID for all of them, so a
+# re-run against the same DB_* database is the same "demo" cluster, not a name collision.
+KUBECONFIG="$WORK/kubeconfig" CLUSTER_NAME=demo CLUSTER_ID=kube-sim-demo PORT=$PORT METRICS_PORT=$METRICS_PORT \
     "$BIN/resources-ingester" >"$WORK/ingester.log" 2>&1 &
 INGESTER_PID=$!
 ready=

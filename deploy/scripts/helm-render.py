@@ -27,6 +27,7 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import yaml
@@ -60,22 +61,56 @@ def diff(a, b, path: str, out: list[str]) -> None:
         out.append(f"{path}: helm={a!r} file={b!r}")
 
 
-SERVICEMONITOR_CRD = """
+PROMETHEUS_OPERATOR_CRD = """
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:
-  name: servicemonitors.monitoring.coreos.com
+  name: {plural}.monitoring.coreos.com
 spec:
   group: monitoring.coreos.com
   scope: Namespaced
-  names: {plural: servicemonitors, singular: servicemonitor, kind: ServiceMonitor, listKind: ServiceMonitorList}
+  names: {{plural: {plural}, singular: {singular}, kind: {kind}, listKind: {kind}List}}
   versions:
     - name: v1
       served: true
       storage: true
       schema:
-        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+        openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
 """
+# The Prometheus Operator's CRDs the chart can render (ServiceMonitor, PrometheusRule).
+MONITORING_CRDS = "---".join(
+    PROMETHEUS_OPERATOR_CRD.format(plural=p, singular=s, kind=k)
+    for p, s, k in [
+        ("servicemonitors", "servicemonitor", "ServiceMonitor"),
+        ("prometheusrules", "prometheusrule", "PrometheusRule"),
+    ]
+)
+
+
+def complete_hook_jobs(kubeconfig: pathlib.Path, namespace: str, stop: threading.Event) -> None:
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+    done: set[str] = set()
+    status = json.dumps(
+        {"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}}
+    )
+    while not stop.wait(0.2):
+        out = subprocess.run(
+            ["kubectl", "-n", namespace, "get", "jobs", "-o", "json"],
+            env=env, capture_output=True, check=False,
+        )
+        if out.returncode != 0:
+            continue
+        for job in json.loads(out.stdout).get("items", []):
+            name = job["metadata"]["name"]
+            if name in done:
+                continue
+            patched = subprocess.run(
+                ["kubectl", "-n", namespace, "patch", "job", name, "--subresource=status",
+                 "--type=merge", "-p", status],
+                env=env, capture_output=True, check=False,
+            )
+            if patched.returncode == 0:
+                done.add(name)
 
 
 def main() -> int:
@@ -91,6 +126,9 @@ def main() -> int:
     ap.add_argument("--namespace", default="resources-ingester")
     ap.add_argument("--kube-sim", default=str(REPO / "target/debug/kube-sim"))
     ap.add_argument("--compare", metavar="DIR", help="compare with the YAML files in DIR")
+    ap.add_argument(
+        "--hooks", action="store_true", help="also print the hooks (the migrate Job)"
+    )
     args = ap.parse_args()
 
     values: dict = {}
@@ -114,19 +152,37 @@ def main() -> int:
                 if kubeconfig.exists() and kubeconfig.stat().st_size:
                     break
                 time.sleep(0.05)
-            # The Prometheus Operator's CRD, so that a ServiceMonitor can be rendered too.
+            # The Prometheus Operator's CRDs, so that a ServiceMonitor and a PrometheusRule can
+            # be rendered too.
             subprocess.run(
                 ["kubectl", "apply", "-f", "-"],
-                input=SERVICEMONITOR_CRD.encode(),
+                input=MONITORING_CRDS.encode(),
                 env=dict(os.environ, KUBECONFIG=str(kubeconfig)),
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
             cfg = Configuration(namespace=args.namespace, kubeconfig=str(kubeconfig))
-            asyncio.run(
-                Install(cfg).run(args.release, str(CHART), values=values, wait=False, timeout=60)
+            # Helm waits for hook Jobs (the migrate Job) to complete; kube-sim runs no Jobs:
+            # mark them complete as they appear, as a Job controller would.
+            stop = threading.Event()
+            completer = threading.Thread(
+                target=complete_hook_jobs, args=(kubeconfig, args.namespace, stop), daemon=True
             )
-            manifest = asyncio.run(Status(cfg).run(args.release))["manifest"]
+            completer.start()
+            try:
+                asyncio.run(
+                    Install(cfg).run(
+                        args.release, str(CHART), values=values, wait=False, timeout=60
+                    )
+                )
+            finally:
+                stop.set()
+            release = asyncio.run(Status(cfg).run(args.release))
+            manifest = release["manifest"]
+            if args.hooks:
+                for hook in release.get("hooks") or []:
+                    manifest += "\n---\n# Source: " + hook.get("path", "hook") + "\n"
+                    manifest += hook.get("manifest", "")
         finally:
             sim.terminate()
             sim.wait()

@@ -5,8 +5,13 @@
 
 pg_log() { echo "[postgres] $*" >&2; }
 
+# The server binaries: PG_BIN_DIR when set, else the newest Debian install.
 pg_bin_dir() {
-    ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+    if [ -n "${PG_BIN_DIR:-}" ]; then
+        echo "$PG_BIN_DIR"
+    else
+        ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+    fi
 }
 
 as_root() {

@@ -207,6 +207,38 @@ fn ingester_env(args: &Args, db: &TestDb, sim: &Sim) -> Vec<(String, String)> {
     env
 }
 
+/// The ingester's field policy under this run's `--ingester-env` (`REDACT_SENSITIVE`,
+/// `SENSITIVE_KINDS`, `PRUNE_FIELDS`), parsed as the ingester parses them, so the COPY
+/// baseline writes the same (pruned) rows as the ingester.
+fn field_policy(args: &Args) -> anyhow::Result<resources_ingester::fields::FieldPolicy> {
+    let env = |key: &str| {
+        args.ingester_env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_owned())
+            .next_back()
+    };
+    let redact = match env("REDACT_SENSITIVE").as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(v) => anyhow::bail!("--ingester-env REDACT_SENSITIVE={v}: expected true or false"),
+    };
+    let sensitive = match env("SENSITIVE_KINDS") {
+        Some(v) => v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--ingester-env SENSITIVE_KINDS: {e}"))?,
+        None => Default::default(),
+    };
+    let prune = env("PRUNE_FIELDS")
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--ingester-env PRUNE_FIELDS: {e}"))?;
+    Ok(resources_ingester::fields::FieldPolicy::new(
+        redact, &sensitive, &prune,
+    ))
+}
+
 /// Ready: `/readyz` is 200 (the ingester counts its static routes before the probe server
 /// starts, so this means every first list, or resume, is done).
 async fn really_ready(p: &IngesterProcess) -> bool {
@@ -267,6 +299,19 @@ pub struct SyncResult {
     pub pg_cpu_all: f64,
     pub pg_cpu_ours: f64,
     pub harness_cpu: f64,
+    /// Response bytes from the API server, all watches (compressed when API_COMPRESSION is on).
+    pub received_mib: f64,
+}
+
+/// The sum of every watch's `ingester_watch_received_bytes_total`, in MiB.
+async fn received_mib(p: &IngesterProcess) -> f64 {
+    let text = p.metrics().await.unwrap_or_default();
+    let bytes: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("ingester_watch_received_bytes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    bytes / (1024.0 * 1024.0)
 }
 
 /// Starts the ingester against `db`, waits until `expected` rows are committed.
@@ -310,6 +355,7 @@ async fn sync(
     let harness_cpu = procfs::self_cpu() - self_before;
     let (pg_cpu_all, pg_cpu_ours) = pg_cpu_split(&admin, &db.name, &pg_before).await?;
     let peak_rss_mib = procfs::peak_rss_mib(pid).unwrap_or(0.0);
+    let received_mib = received_mib(&proc).await;
     let n: i64 = admin
         .query_one(
             "SELECT count(*) FROM krateo_resources WHERE deleted_at IS NULL",
@@ -332,6 +378,7 @@ async fn sync(
             pg_cpu_all,
             pg_cpu_ours,
             harness_cpu,
+            received_mib,
         },
     ))
 }
@@ -478,6 +525,22 @@ async fn wait_quiet(p: &IngesterProcess, max: Duration) -> f64 {
     }
 }
 
+/// MiB on disk (heap, TOAST, indexes) of `krateo_resources` and of the change history (all
+/// its partitions; 0 when the table does not exist).
+async fn table_mib(db: &TestDb) -> anyhow::Result<(f64, f64)> {
+    let client = db.client().await?;
+    let row = client
+        .query_one(
+            "SELECT pg_total_relation_size('krateo_resources')::float8,
+                    coalesce((SELECT sum(pg_total_relation_size(relid))
+                                FROM pg_partition_tree(to_regclass('krateo_resource_history'))), 0)::float8",
+            &[],
+        )
+        .await?;
+    let mib = |b: f64| b / (1024.0 * 1024.0);
+    Ok((mib(row.get(0)), mib(row.get(1))))
+}
+
 fn fmt1(x: f64) -> String {
     format!("{x:.1}")
 }
@@ -519,6 +582,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         CLUSTER,
         500,
         &rows_path,
+        &field_policy(&args)?,
     )
     .await?;
     rep.add("setup", "rows (pods + namespaces)", prepared.rows);
@@ -565,12 +629,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "harness+kube-sim CPU seconds",
         format!("{:.2}", s.harness_cpu),
     );
+    rep.add(
+        "sync",
+        "MiB received from the API server",
+        format!("{:.2}", s.received_mib),
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     rep.add(
         "sync",
         "ingester RSS MiB 2 s after",
         fmt1(procfs::rss_mib(ing.proc.pid()).unwrap_or(0.0)),
     );
+    let (table, history) = table_mib(&db).await?;
+    rep.add("sync", "krateo_resources MiB", fmt1(table));
+    rep.add("sync", "krateo_resource_history MiB", fmt1(history));
     let mut peak_rss = s.peak_rss_mib;
 
     // 2. Naive bulk load.
@@ -674,6 +746,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rep.add("churn", "changes never seen (30 s grace)", r.unresolved);
         rep.add("churn", "max ingester_queue_depth", r.max_queue);
         rep.add("churn", "stamped annotation checked in raw", r.stamp_check);
+        let (table, history) = table_mib(&db).await?;
+        rep.add("churn", "krateo_resources MiB after", fmt1(table));
+        rep.add("churn", "krateo_resource_history MiB after", fmt1(history));
         // The window includes churn's 30 s grace for late rows: an upper bound per change.
         rep.add("churn", "ingester CPU seconds", format!("{churn_cpu:.2}"));
         rep.add(

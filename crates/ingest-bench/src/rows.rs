@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
+use resources_ingester::fields::FieldPolicy;
 use resources_ingester::object::RawObject;
-use resources_ingester::record::{build_record, EventKind, Record};
+use resources_ingester::record::{build_record_with, CompositionFallback, EventKind, Record};
 use resources_ingester::routes::Route;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -94,13 +95,15 @@ pub fn encode_record(buf: &mut BytesMut, r: &Record) {
 }
 
 /// Lists every object of `routes` from kube-sim (pages of `page_size`) and writes the binary
-/// COPY file.
+/// COPY file; `fields` is the ingester's field policy (`PRUNE_FIELDS` ...), so the baseline
+/// rows are the rows the ingester writes.
 pub async fn prepare(
     base_url: &str,
     routes: &[Route],
     cluster: &str,
     page_size: usize,
     path: &Path,
+    fields: &FieldPolicy,
 ) -> anyhow::Result<Prepared> {
     let http = reqwest::Client::new();
     let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
@@ -139,8 +142,16 @@ pub async fn prepare(
                 // ingester stores what it receives either way.
                 text.shrink_to_fit();
                 let obj = RawObject::from_json(text)?;
-                let (rec, _) = build_record(obj, &route, &cluster, EventKind::Apply, now)
-                    .map_err(|e| anyhow::anyhow!("record: {e}"))?;
+                let (rec, _) = build_record_with(
+                    obj,
+                    &route,
+                    &cluster,
+                    EventKind::Apply,
+                    now,
+                    CompositionFallback::default(),
+                    fields,
+                )
+                .map_err(|e| anyhow::anyhow!("record: {e}"))?;
                 p.raw_bytes += rec.raw.len() as u64;
                 p.rows += 1;
                 buf.clear();

@@ -268,3 +268,49 @@ pub fn preload(store: &kube_sim::Store, n: usize, size: Size) -> anyhow::Result<
 pub fn namespaces_for(n: usize) -> usize {
     n.div_ceil(PODS_PER_NAMESPACE).max(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use resources_ingester::fields::{FieldPolicy, SensitiveKinds};
+
+    /// Bytes of `pod`'s JSON and of its `"managedFields":[...]` member.
+    fn sizes(pod: &Value) -> (usize, usize) {
+        let total = serde_json::to_string(pod).map_or(0, |s| s.len());
+        let mf = serde_json::to_string(&pod["metadata"]["managedFields"]).map_or(0, |s| s.len());
+        (total, r#""managedFields":"#.len() + mf)
+    }
+
+    #[test]
+    fn realistic_pods_carry_managed_fields_like_real_ones() {
+        // Real pods: managedFields is a third to a half of the object.
+        let (total, mf) = sizes(&PodGen::new(Size::Realistic).pod(4242));
+        let share = mf as f64 / total as f64;
+        assert!((0.30..0.45).contains(&share), "{mf} of {total} bytes");
+        let (total, mf) = sizes(&PodGen::new(Size::Large).pod(4242));
+        assert!(mf as f64 / total as f64 > 0.25, "{mf} of {total} bytes");
+    }
+
+    #[test]
+    fn pruning_managed_fields_drops_exactly_that_member() {
+        let policy = FieldPolicy::new(
+            true,
+            &SensitiveKinds::default(),
+            &"metadata.managedFields".parse().expect("valid"),
+        );
+        for size in [Size::Realistic, Size::Large] {
+            let pod = PodGen::new(size).pod(7);
+            let text = serde_json::to_string(&pod).expect("json");
+            let (total, mf) = sizes(&pod);
+            let applied = policy.apply("", "Pod", &text).expect("pruned");
+            assert_eq!(applied.pruned_bytes, mf as u64);
+            assert_eq!(
+                applied.json.len(),
+                total - mf - 1,
+                "the member and its comma"
+            );
+        }
+        let small = serde_json::to_string(&PodGen::new(Size::Small).pod(7)).expect("json");
+        assert_eq!(policy.apply("", "Pod", &small), None, "no managedFields");
+    }
+}

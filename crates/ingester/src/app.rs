@@ -1,15 +1,19 @@
-//! Start-up order, the running service and graceful shutdown (spec section 5).
+//! Start-up order, the running service and graceful shutdown (spec section 5), and the
+//! supervision that keeps a broken process from staying up: a panic in any task, or a server
+//! task that ends, stops the service and the process exits non-zero naming the task.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::events::RowsRetired;
 use crate::health::{self, Health};
 use crate::lanes::{LaneSettings, Lanes};
 use crate::manager::Manager;
@@ -17,8 +21,10 @@ use crate::metrics::Metrics;
 use crate::routes::{
     ManagedGroups, Route, StaticRoutes, BUILTIN_MANAGED_GROUPS, BUILTIN_STATIC_ROUTES,
 };
-use crate::storage::writer::BatchWriter;
+use crate::storage::ownership::{retire_uncovered, Coverage};
+use crate::storage::writer::{BatchWriter, WriterOptions};
 use crate::storage::Database;
+use crate::supervisor::{first_panic, install_panic_reporter, named, task_panicked};
 use crate::watch::{run_watch, WatchContext, WatchSpec};
 
 /// Reads a route file (or the built-in text) and logs every skipped line.
@@ -40,8 +46,25 @@ fn load_list<T>(
     Ok(parsed)
 }
 
-/// Runs the service until SIGTERM/SIGINT (or `shutdown` is cancelled).
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Why the service stopped; every reason but a requested stop ends in a non-zero exit.
+#[derive(Debug, thiserror::Error)]
+pub enum Stopped {
+    #[error("lost the leader lease: stopped at once without draining, so this replica writes nothing a new leader could race; exiting so that it restarts as a standby")]
+    LeaseLost,
+    #[error("{0}; stopped the service")]
+    TaskFailed(String),
+    #[error("shutdown timed out after {0:?} (SHUTDOWN_TIMEOUT) with changes not committed")]
+    ShutdownTimedOut(Duration),
+}
+
+/// Timeouts of the Kubernetes client. Watches ask the server to end them after 290 s
+/// (`timeoutSeconds`), so a read that waits longer than that means a dead connection.
+const KUBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const KUBE_READ_TIMEOUT: Duration = Duration::from_secs(295);
+
+/// The static routes and managed groups of this configuration (skipped lines logged); two
+/// routes for one kind stop start-up.
+pub fn load_routes(config: &Config) -> anyhow::Result<(StaticRoutes, ManagedGroups)> {
     let routes = load_list(
         "STATIC_ROUTES_FILE",
         config.static_routes_file.as_deref(),
@@ -54,18 +77,53 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         BUILTIN_MANAGED_GROUPS,
         ManagedGroups::parse,
     )?;
-    info!(static_routes = routes.routes.len(), managed_groups = groups.iter().count(), namespaces = ?config.namespaces.0, "starting");
+    routes
+        .check_one_route_per_kind()
+        .map_err(|e| anyhow::anyhow!("STATIC_ROUTES_FILE: {e}"))?;
+    Ok((routes, groups))
+}
 
-    let metrics = Arc::new(Metrics::new());
-    let lanes_n = config.workers as usize;
-    let db = Database::connect(&config, lanes_n + 3).await?;
-    metrics.db_up.set(1);
-
-    let kube_config = kube::Config::infer().await.map_err(|e| {
+/// The Kubernetes client configuration (in-cluster, KUBECONFIG or ~/.kube/config) with the
+/// service's timeouts.
+pub async fn kube_config() -> anyhow::Result<kube::Config> {
+    let mut kube_config = kube::Config::infer().await.map_err(|e| {
         anyhow::anyhow!(
             "Kubernetes client configuration (in-cluster, KUBECONFIG or ~/.kube/config): {e}"
         )
     })?;
+    // Without a read timeout a request to an API server that stopped answering waits forever
+    // (discovery, the Lease); counted from when the request was sent, not from when its
+    // pooled connection went idle.
+    kube_config.connect_timeout = Some(KUBE_CONNECT_TIMEOUT);
+    kube_config.read_timeout = Some(KUBE_READ_TIMEOUT);
+    kube_config.reset_reader_on_write = true;
+    Ok(kube_config)
+}
+
+/// Runs the service until SIGTERM/SIGINT (or `shutdown` is cancelled).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    install_panic_reporter();
+    let (routes, groups) = load_routes(&config)?;
+    info!(static_routes = routes.routes.len(), managed_groups = groups.iter().count(), namespaces = ?config.namespaces.0, "starting");
+
+    let metrics = Arc::new(Metrics::new());
+
+    crate::events::FieldPolicyStarted {
+        redact: config.redact_sensitive,
+        sensitive_kinds: &config.sensitive_kinds.to_string(),
+        prune_fields: &config.prune_fields.to_string(),
+    }
+    .emit(&metrics);
+    let field_policy = Arc::new(crate::fields::FieldPolicy::new(
+        config.redact_sensitive,
+        &config.sensitive_kinds,
+        &config.prune_fields,
+    ));
+    let lanes_n = config.workers as usize;
+    let db = Database::connect(&config, lanes_n + 3).await?;
+    metrics.db_up.set(1);
+
+    let kube_config = kube_config().await?;
     let cluster: Arc<str> = Arc::from(crate::cluster::resolve(
         config.cluster_name.as_deref(),
         &kube_config,
@@ -78,7 +136,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         health.add_static_routes(routes.routes.len());
     }
     let servers = CancellationToken::new();
-    health::serve(
+    let mut server_tasks = health::serve(
         SocketAddr::from(([0, 0, 0, 0], config.port)),
         SocketAddr::from(([0, 0, 0, 0], config.metrics_port)),
         health.clone(),
@@ -87,8 +145,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .await?;
 
-    let client = kube::Client::try_from(kube_config)
-        .map_err(|e| anyhow::anyhow!("Kubernetes client: {e}"))?;
+    let client = crate::apiclient::build(kube_config, metrics.clone(), config.api_compression)?;
+    // Before the Lease, retiring and any watch: a name another cluster owns writes nothing.
+    claim_cluster_name(&db, &cluster, &config, &client).await?;
 
     // One SIGTERM/SIGINT listener for the whole run (a standby may get it while waiting).
     let term = shutdown_signal();
@@ -106,22 +165,50 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         );
         info!(identity = elector.identity(), lease = %config.lease_name, "leader election on: waiting for the lease");
         let stop_waiting = CancellationToken::new();
-        let acquired = tokio::select! {
-            _ = shutdown.cancelled() => false,
-            _ = &mut term => false,
-            ok = elector.acquire(&stop_waiting) => ok,
+        let standby = tokio::select! {
+            _ = shutdown.cancelled() => Err(None),
+            _ = &mut term => Err(None),
+            report = task_panicked() => Err(Some(report)),
+            server = server_ended(&mut server_tasks) => Err(Some(server)),
+            ok = elector.acquire(&stop_waiting) => if ok { Ok(()) } else { Err(None) },
         };
-        if !acquired {
-            info!("stopped while standing by; bye");
+        if standby.is_err() {
             servers.cancel();
-            return Ok(());
         }
-        lease_keeper = Some(tokio::spawn(
-            elector.keep(lease_stop.clone(), lease_lost.clone()),
-        ));
+        match standby {
+            Ok(()) => {}
+            Err(None) => {
+                info!("stopped while standing by; bye");
+                return Ok(());
+            }
+            Err(Some(failure)) => {
+                crate::events::ServiceFailed { failure: &failure }.emit();
+                return Err(Stopped::TaskFailed(failure).into());
+            }
+        }
+        let (stop, lost) = (lease_stop.clone(), lease_lost.clone());
+        // A keeper that panics renews no more: the lease counts as lost at once.
+        let lost_unless_returned = lease_lost.clone().drop_guard();
+        lease_keeper = Some(tokio::spawn(named("lease keeper", async move {
+            let elector = elector.keep(stop, lost).await;
+            lost_unless_returned.disarm();
+            elector
+        })));
         health.add_static_routes(routes.routes.len());
     }
     metrics.is_leader.set(1);
+
+    if config.history {
+        // Before any write (retiring included): today's history rows find their partition.
+        crate::storage::history::upkeep_once(
+            &db.pool,
+            crate::storage::history::retention_days(config.history_retention),
+            &metrics,
+        )
+        .await;
+    }
+
+    retire_uncovered_rows(&db, &cluster, &config, &routes, &groups, &metrics).await?;
 
     let lane_tracker = TaskTracker::new();
     let lanes = Lanes::start(
@@ -132,9 +219,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             flush_interval: config.flush_interval,
             queue_bytes: config.queue_bytes,
             batch_bytes: config.batch_bytes,
+            composition_fallback: config.composition_id_fallback,
+            fields: field_policy,
         },
         cluster.clone(),
-        BatchWriter::new(db.pool.clone(), metrics.clone()),
+        BatchWriter::with_options(
+            db.pool.clone(),
+            metrics.clone(),
+            WriterOptions {
+                history: config.history,
+                change_feed: config.change_feed,
+            },
+        ),
         metrics.clone(),
         health.clone(),
         &lane_tracker,
@@ -160,12 +256,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (crd_tx, crd_rx) = mpsc::channel(256);
     for route in &routes.routes {
         let crd_events = route.is_crd().then(|| crd_tx.clone());
-        watch_tracker.spawn(run_static_route(
-            ctx.clone(),
-            route.clone(),
-            config.namespaces.0.clone(),
-            watches.clone(),
-            crd_events,
+        watch_tracker.spawn(named(
+            format!("static route {route}"),
+            run_static_route(
+                ctx.clone(),
+                route.clone(),
+                config.namespaces.0.clone(),
+                watches.clone(),
+                crd_events,
+            ),
         ));
     }
     drop(crd_tx);
@@ -173,62 +272,200 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ctx.clone(),
         groups,
         config.namespaces.clone(),
+        routes.kinds(),
         watches.clone(),
     );
-    watch_tracker.spawn(manager.run(crd_rx));
+    watch_tracker.spawn(named("CRD manager", manager.run(crd_rx)));
     watch_tracker.close();
 
-    watch_tracker.spawn(db_pinger(db.clone(), health.clone(), watches.clone()));
-    tokio::spawn(status_loop(
-        metrics.clone(),
-        health.clone(),
-        config.status_interval,
-        watches.clone(),
+    watch_tracker.spawn(named(
+        "database pinger",
+        db_pinger(db.clone(), health.clone(), watches.clone()),
+    ));
+    if config.history {
+        watch_tracker.spawn(named(
+            "history upkeep",
+            crate::storage::history::upkeep(
+                db.pool.clone(),
+                crate::storage::history::retention_days(config.history_retention),
+                metrics.clone(),
+                watches.clone(),
+            ),
+        ));
+    }
+    tokio::spawn(named(
+        "status log",
+        status_loop(
+            metrics.clone(),
+            health.clone(),
+            config.status_interval,
+            watches.clone(),
+        ),
     ));
     drop(ctx);
     drop(lanes);
 
     info!(cluster = %cluster, "running");
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = &mut term => {}
-        _ = lease_lost.cancelled() => {}
+    crate::supervisor::debug_hooks::spawn_unnamed_panic_if_requested();
+    let failure = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        _ = &mut term => None,
+        _ = lease_lost.cancelled() => return Err(lease_lost_now(&servers, &metrics)),
+        report = task_panicked() => Some(report),
+        server = server_ended(&mut server_tasks) => Some(server),
+    };
+    match &failure {
+        None => info!("shutting down: stopping watches, draining the queue"),
+        Some(failure) => crate::events::ServiceFailed { failure }.emit(),
     }
-    info!("shutting down: stopping watches, draining the queue");
     watches.cancel();
-    let drained = tokio::time::timeout(config.shutdown_timeout, async {
-        watch_tracker.wait().await;
-        lane_tracker.wait().await;
-    })
-    .await;
+    let deadline = Instant::now() + config.shutdown_timeout;
+    let drained = tokio::select! {
+        drained = tokio::time::timeout_at(deadline, async {
+            watch_tracker.wait().await;
+            lane_tracker.wait().await;
+        }) => drained.is_ok(),
+        // A leader that loses the Lease while draining stops writing at once as well.
+        _ = lease_lost.cancelled() => return Err(lease_lost_now(&servers, &metrics)),
+    };
     // Release the lease only after the last commit, so the next leader never writes
     // alongside this one's tail.
     if let Some(keeper) = lease_keeper {
         lease_stop.cancel();
-        if let Ok(mut elector) = keeper.await {
-            if !lease_lost.is_cancelled() {
-                elector.release().await;
-            }
-        }
+        release_lease(keeper, &lease_lost, deadline).await;
         metrics.is_leader.set(0);
+        if lease_lost.is_cancelled() {
+            return Err(lease_lost_now(&servers, &metrics));
+        }
     }
     servers.cancel();
-    if lease_lost.is_cancelled() {
-        anyhow::bail!("lost the leader lease: stopped watching and writing; exiting so that this replica restarts as a standby");
+    // A panic while draining counts as well.
+    if let Some(failure) = failure.or_else(first_panic) {
+        return Err(Stopped::TaskFailed(failure).into());
     }
-    match drained {
-        Ok(()) => {
-            info!("queue drained and flushed; bye");
-            Ok(())
-        }
+    if drained {
+        info!("queue drained and flushed; bye");
+        Ok(())
+    } else {
+        error!(timeout = ?config.shutdown_timeout, "shutdown timed out before every change was committed");
+        Err(Stopped::ShutdownTimedOut(config.shutdown_timeout).into())
+    }
+}
+
+/// The leader lost the Lease: it returns at once, without waiting for the lanes, and the
+/// process exits (dropping every connection, so a transaction in flight never commits):
+/// a standby may take the Lease once the renew deadline has passed.
+/// (`main` logs the returned error.)
+fn lease_lost_now(servers: &CancellationToken, metrics: &Metrics) -> anyhow::Error {
+    metrics.is_leader.set(0);
+    servers.cancel();
+    // The lease keeper's panic ends here too: name it.
+    if let Some(failure) = first_panic() {
+        crate::events::ServiceFailed { failure: &failure }.emit();
+    }
+    Stopped::LeaseLost.into()
+}
+
+/// Stops the lease keeper and releases the Lease, both by `deadline` (at least one second
+/// for the release itself): an API server that does not answer must not hold up the exit;
+/// the Lease then expires on its own.
+async fn release_lease(
+    keeper: tokio::task::JoinHandle<crate::leader::LeaderElector>,
+    lease_lost: &CancellationToken,
+    deadline: Instant,
+) {
+    let deadline = deadline.max(Instant::now() + Duration::from_secs(1));
+    let mut elector = match tokio::time::timeout_at(deadline, keeper).await {
+        Ok(Ok(elector)) => elector,
+        Ok(Err(_)) => return, // the keeper panicked: reported by the panic hook
         Err(_) => {
-            error!(timeout = ?config.shutdown_timeout, "shutdown timed out before every change was committed");
-            anyhow::bail!(
-                "shutdown timed out after {:?} (SHUTDOWN_TIMEOUT) with changes not committed",
-                config.shutdown_timeout
-            )
+            warn!("the lease keeper did not stop in time; the lease expires on its own");
+            return;
         }
+    };
+    if lease_lost.is_cancelled() {
+        return;
     }
+    if tokio::time::timeout_at(deadline, elector.release())
+        .await
+        .is_err()
+    {
+        warn!("releasing the leader lease timed out (SHUTDOWN_TIMEOUT); it expires on its own");
+    }
+}
+
+/// Waits until one of the HTTP servers stops (they only stop on shutdown); names it.
+async fn server_ended(servers: &mut Vec<health::ServerTask>) -> String {
+    if servers.is_empty() {
+        return std::future::pending().await;
+    }
+    let (outcome, index, _) =
+        futures::future::select_all(servers.iter_mut().map(|s| &mut s.handle)).await;
+    let name = servers.remove(index).name;
+    match outcome {
+        Ok(Ok(())) => format!("the {name} stopped"),
+        Ok(Err(e)) => format!("the {name} failed: {e}"),
+        Err(e) => format!("the {name} ended: {e}"),
+    }
+}
+
+/// Records this cluster's identity as the owner of its name, or stops when another cluster
+/// owns it (see storage/clusters.rs).
+async fn claim_cluster_name(
+    db: &Database,
+    cluster: &str,
+    config: &Config,
+    client: &kube::Client,
+) -> anyhow::Result<()> {
+    let identity = crate::cluster::identify(config.cluster_id.as_deref(), client).await?;
+    let conn = db
+        .pool
+        .get()
+        .await
+        .map_err(|e| anyhow::anyhow!("recording the owner of CLUSTER_NAME: {e}"))?;
+    let outcome = crate::storage::clusters::claim(&conn, cluster, &identity).await?;
+    crate::events::ClusterNameOwned {
+        cluster,
+        identity: &identity,
+        claimed_now: outcome == crate::storage::clusters::Ownership::Free,
+    }
+    .emit();
+    Ok(())
+}
+
+/// Rows of scopes this instance watched in an earlier run and no longer watches are marked
+/// deleted (logged and counted per kind), and their resume points dropped.
+async fn retire_uncovered_rows(
+    db: &Database,
+    cluster: &str,
+    config: &Config,
+    routes: &StaticRoutes,
+    groups: &ManagedGroups,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    let coverage = Coverage::new(
+        routes
+            .routes
+            .iter()
+            .map(|r| (r.group.as_str(), r.plural.as_str())),
+        groups.iter(),
+        config.namespaces.0.iter().map(String::as_str),
+    );
+    let options = WriterOptions {
+        history: config.history,
+        change_feed: config.change_feed,
+    };
+    let retired = retire_uncovered(&db.pool, cluster, &config.instance_name, &coverage, options)
+        .await
+        .map_err(|e| anyhow::anyhow!("retiring rows of scopes no longer watched: {e}"))?;
+    for (scope, rows) in retired {
+        RowsRetired {
+            scope: &scope,
+            rows,
+        }
+        .emit(metrics);
+    }
+    Ok(())
 }
 
 /// Finds the route's scope by discovery (retrying while the server lacks the kind), then
@@ -243,16 +480,24 @@ async fn run_static_route(
     let mut delay = Duration::from_secs(1);
     let mut reported_unavailable = false;
     let namespaced = loop {
-        match discover_scope(&ctx.client, &route).await {
+        // An API server that stopped answering holds discovery until the client's read
+        // timeout: shutdown must not wait for it.
+        let discovered = tokio::select! {
+            _ = cancel.cancelled() => return,
+            discovered = discover_scope(&ctx.client, &route) => discovered,
+        };
+        match discovered {
             Ok(n) => break n,
             Err(e) => {
                 crate::events::WatchFailed {
                     resource: &route.to_string(),
-                    error: &e,
+                    error: &e.message,
                 }
                 .emit(&ctx.metrics);
-                if !reported_unavailable {
-                    // Readiness must not wait forever on a kind this server does not have.
+                if e.kind_unavailable && !reported_unavailable {
+                    // Readiness must not wait forever on a kind this server does not have
+                    // (or this identity may not read). A passing fault (500, timeout,
+                    // refused connection) keeps readiness waiting.
                     reported_unavailable = true;
                     ctx.health.static_route_listed();
                 }
@@ -273,11 +518,14 @@ async fn run_static_route(
     let tasks: Vec<_> = specs
         .into_iter()
         .map(|spec| {
-            tokio::spawn(run_watch(
-                ctx.clone(),
-                WatchSpec { is_static, ..spec },
-                cancel.clone(),
-                crd_events.clone(),
+            tokio::spawn(named(
+                format!("watch {}", spec.label()),
+                run_watch(
+                    ctx.clone(),
+                    WatchSpec { is_static, ..spec },
+                    cancel.clone(),
+                    crd_events.clone(),
+                ),
             ))
         })
         .collect();
@@ -286,24 +534,39 @@ async fn run_static_route(
     }
 }
 
+/// Why discovery of a route failed.
+pub(crate) struct DiscoveryError {
+    pub(crate) message: String,
+    /// The server does not serve the kind (404, or absent from its group version), or this
+    /// identity may not read it (403): not a passing fault.
+    pub(crate) kind_unavailable: bool,
+}
+
 /// Whether the route's resource is namespaced, from the server's discovery document.
-async fn discover_scope(client: &kube::Client, route: &Route) -> Result<bool, String> {
+pub(crate) async fn discover_scope(
+    client: &kube::Client,
+    route: &Route,
+) -> Result<bool, DiscoveryError> {
     let list = if route.group.is_empty() {
         client.list_core_api_resources(&route.version).await
     } else {
         client.list_api_group_resources(&route.api_version()).await
     }
-    .map_err(|e| format!("discovery of {}: {e}", route.api_version()))?;
+    .map_err(|e| DiscoveryError {
+        kind_unavailable: matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 403),
+        message: format!("discovery of {}: {e}", route.api_version()),
+    })?;
     list.resources
         .iter()
         .find(|r| r.name == route.plural)
         .map(|r| r.namespaced)
-        .ok_or_else(|| {
-            format!(
+        .ok_or_else(|| DiscoveryError {
+            message: format!(
                 "the server has no resource {} in {}",
                 route.plural,
                 route.api_version()
-            )
+            ),
+            kind_unavailable: true,
         })
 }
 
@@ -334,7 +597,20 @@ async fn status_loop(
             _ = tokio::time::sleep(every) => {}
         }
         let runtime = tokio::runtime::Handle::current().metrics();
+        // The watch whose newest committed change is oldest (see docs/operations.md, lag).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        let (worst_lag_watch, worst_lag_seconds) = match metrics.committed_at_by_watch.lock() {
+            Ok(board) => crate::metrics::worst_lag(now, board.iter())
+                .map(|(w, lag)| (w.to_owned(), (lag * 10.0).round() / 10.0))
+                .unwrap_or_default(),
+            Err(_) => Default::default(),
+        };
         info!(
+            worst_lag_seconds,
+            worst_lag_watch = %worst_lag_watch,
             queue_depth = metrics.queue_depth.get(),
             pending_batch = metrics.pending_batch.get(),
             active_watches = metrics.active_watches.get(),

@@ -96,6 +96,103 @@ impl InvalidCompositionLabel<'_> {
     }
 }
 
+/// An object state whose resourceVersion is not an integer: stored without the ordering
+/// guard (a late event could then overwrite a newer state until the next change). Logged
+/// once per process, counted every time.
+pub struct NonNumericResourceVersion<'a> {
+    pub global_uid: &'a str,
+    pub value: &'a str,
+}
+impl NonNumericResourceVersion<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            warn!(
+                global_uid = self.global_uid,
+                value = self.value,
+                "metadata.resourceVersion is not an integer: rows are stored without the ordering guard (logged once; see ingester_non_numeric_resource_versions_total)"
+            );
+        }
+        m.non_numeric_resource_versions.inc();
+    }
+}
+
+/// Values of a sensitive kind replaced by `fields::REDACTED` before storing (debug log:
+/// every Secret has them, and the count is what matters).
+pub struct FieldsRedacted<'a> {
+    pub global_uid: &'a str,
+    pub count: u64,
+}
+impl FieldsRedacted<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        debug!(
+            global_uid = self.global_uid,
+            fields = self.count,
+            "sensitive values redacted before storing"
+        );
+        m.fields_redacted.inc_by(self.count);
+    }
+}
+
+/// Bytes of members dropped by `PRUNE_FIELDS` before storing.
+pub struct FieldsPruned<'a> {
+    pub global_uid: &'a str,
+    pub bytes: u64,
+}
+impl FieldsPruned<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        debug!(
+            global_uid = self.global_uid,
+            bytes = self.bytes,
+            "fields pruned before storing"
+        );
+        m.pruned_bytes.inc_by(self.bytes);
+    }
+}
+
+/// The field policy in force, told once at start-up; a warning when redaction is off.
+pub struct FieldPolicyStarted<'a> {
+    pub redact: bool,
+    pub sensitive_kinds: &'a str,
+    pub prune_fields: &'a str,
+}
+impl FieldPolicyStarted<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        if self.redact {
+            info!(
+                sensitive_kinds = self.sensitive_kinds,
+                prune_fields = self.prune_fields,
+                "field policy: values of sensitive kinds are redacted before storing"
+            );
+        } else {
+            warn!(
+                sensitive_kinds = self.sensitive_kinds,
+                prune_fields = self.prune_fields,
+                "REDACT_SENSITIVE=false: values of sensitive kinds (Secrets' data, stringData and last-applied-configuration) are stored in clear in krateo_resources"
+            );
+        }
+        m.redaction_enabled.set(i64::from(self.redact));
+    }
+}
+
+/// Rows of a scope this deployment no longer watches, marked deleted at start-up.
+pub struct RowsRetired<'a> {
+    pub scope: &'a str,
+    pub rows: u64,
+}
+impl RowsRetired<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        if self.rows > 0 {
+            warn!(
+                scope = self.scope,
+                rows = self.rows,
+                "no longer watched by this deployment: its rows are marked deleted"
+            );
+        }
+        m.rows_retired.inc_by(self.rows);
+    }
+}
+
 /// A batch committed.
 pub struct BatchFlushed {
     pub lane: usize,
@@ -241,5 +338,227 @@ impl WatchResumed<'_> {
         m.watch_resumes
             .get_or_create(&label("outcome", self.outcome))
             .inc();
+    }
+}
+
+/// The service stops because a task panicked or a server ended; the process exits non-zero.
+pub struct ServiceFailed<'a> {
+    pub failure: &'a str,
+}
+impl ServiceFailed<'_> {
+    pub fn emit(&self) {
+        tracing::error!(
+            failure = self.failure,
+            "a task failed: stopping the service and exiting non-zero"
+        );
+    }
+}
+
+/// The history's partition maintenance ran in the service (its role owns the table).
+pub struct HistoryMaintained<'a> {
+    pub created: &'a [String],
+    pub dropped: &'a [String],
+    pub expired_default_rows: u64,
+}
+impl HistoryMaintained<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        if !self.created.is_empty() || !self.dropped.is_empty() || self.expired_default_rows > 0 {
+            info!(
+                created = ?self.created,
+                dropped = ?self.dropped,
+                expired_default_rows = self.expired_default_rows,
+                "history partitions maintained"
+            );
+        }
+        m.history_partitions_dropped
+            .inc_by(self.dropped.len() as u64);
+    }
+}
+
+/// The history's partition maintenance failed (it is tried again later).
+pub struct HistoryMaintenanceFailed<'a> {
+    pub error: &'a str,
+}
+impl HistoryMaintenanceFailed<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        warn!(error = self.error, "history partition maintenance failed");
+        m.history_maintenance_failures.inc();
+    }
+}
+
+/// Whether tomorrow's history partition exists. Missing, tomorrow's rows would land in the
+/// default partition (kept, but not dropped by day): the owner must run maintenance.
+pub struct HistoryPartitionCheck<'a> {
+    /// `YYYY-MM-DD` of the missing day, `None` when it exists.
+    pub missing_day: Option<&'a str>,
+}
+impl HistoryPartitionCheck<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        if let Some(day) = self.missing_day {
+            warn!(
+                day,
+                "tomorrow's partition of krateo_resource_history is missing and this role may not create it: run `resources-ingester history maintain` with the table owner's credentials (the chart's history-maintain CronJob); until then rows land in its default partition"
+            );
+        }
+        m.history_partition_missing
+            .set(i64::from(self.missing_day.is_some()));
+    }
+}
+
+/// This cluster owns its cluster name (claimed at this first start, or confirmed); a name
+/// owned by another cluster stops start-up with an error instead (storage/clusters.rs).
+pub struct ClusterNameOwned<'a> {
+    pub cluster: &'a str,
+    pub identity: &'a crate::cluster::ClusterIdentity,
+    pub claimed_now: bool,
+}
+impl ClusterNameOwned<'_> {
+    pub fn emit(&self) {
+        info!(
+            cluster = self.cluster,
+            cluster_id = %self.identity.id,
+            id_source = self.identity.source.as_str(),
+            claimed_now = self.claimed_now,
+            "cluster name owned by this cluster"
+        );
+    }
+}
+
+/// How the connection to PostgreSQL is protected, told once at start-up: a warning when TLS
+/// is on but nobody checked the server's certificate (libpq's `prefer`/`require`: anyone
+/// between the ingester and the database can read and change the rows), an error-level line
+/// when nothing is encrypted while a password is used.
+pub struct DatabaseTransport<'a> {
+    pub sslmode: &'a str,
+    pub encrypted: bool,
+    pub certificate_verified: bool,
+    pub password_used: bool,
+}
+impl DatabaseTransport<'_> {
+    pub fn emit(&self) {
+        match (self.encrypted, self.certificate_verified) {
+            (true, true) => info!(
+                sslmode = self.sslmode,
+                "PostgreSQL connection encrypted, server certificate verified"
+            ),
+            (true, false) => warn!(
+                sslmode = self.sslmode,
+                "PostgreSQL connection encrypted but the server certificate is not verified: set DB_PARAMS sslmode=verify-full&sslrootcert=<CA file>"
+            ),
+            (false, _) if self.password_used => tracing::error!(
+                sslmode = self.sslmode,
+                "PostgreSQL connection is not encrypted while a password is used: set DB_PARAMS sslmode=verify-full&sslrootcert=<CA file> (or require)"
+            ),
+            (false, _) => info!(sslmode = self.sslmode, "PostgreSQL connection not encrypted"),
+        }
+    }
+}
+
+/// One watch's own series (labels group/version/plural/namespace): how fresh its committed
+/// rows are, how many objects its last list had, the last committed resourceVersion. Created
+/// when the watch starts; dropping it (the watch stopped: CRD deleted, shutdown) removes the
+/// series, so dashboards show no ghosts of watches that no longer exist.
+pub struct WatchSeries {
+    metrics: std::sync::Arc<Metrics>,
+    labels: crate::metrics::Labels,
+    watch: String,
+}
+impl WatchSeries {
+    pub fn new(
+        metrics: std::sync::Arc<Metrics>,
+        watch: String,
+        labels: crate::metrics::Labels,
+    ) -> Self {
+        if let Ok(mut running) = metrics.watches_by_label.lock() {
+            *running.entry(watch.clone()).or_default() += 1;
+        }
+        // Its error counter exists from the start (at 0: `increase()` then sees the first
+        // error) and goes with the watch.
+        metrics
+            .watch_errors
+            .get_or_create(&label("resource", watch.as_str()))
+            .inc_by(0);
+        Self {
+            metrics,
+            labels,
+            watch,
+        }
+    }
+
+    /// A list of the scope completed with `objects` objects.
+    pub fn listed(&self, objects: u64) {
+        self.metrics
+            .watch_listed_objects
+            .get_or_create(&self.labels)
+            .set(i64::try_from(objects).unwrap_or(i64::MAX));
+    }
+
+    /// Every change the watch read up to `read_at` (unix seconds), through `resource_version`,
+    /// is committed.
+    pub fn committed(&self, read_at: f64, resource_version: Option<i64>) {
+        debug!(watch = %self.watch, read_at, resource_version, "watch changes committed");
+        self.metrics
+            .watch_committed_timestamp
+            .get_or_create(&self.labels)
+            .set(read_at);
+        if let Some(rv) = resource_version {
+            self.metrics
+                .watch_committed_resource_version
+                .get_or_create(&self.labels)
+                .set(rv);
+        }
+        if let Ok(mut board) = self.metrics.committed_at_by_watch.lock() {
+            board.insert(self.watch.clone(), read_at);
+        }
+    }
+}
+impl Drop for WatchSeries {
+    fn drop(&mut self) {
+        let m = &self.metrics;
+        if let Ok(mut running) = m.watches_by_label.lock() {
+            let left = running.get(&self.watch).map_or(0, |n| n.saturating_sub(1));
+            if left > 0 {
+                // Another watch of the same scope runs on: its series stay.
+                running.insert(self.watch.clone(), left);
+                return;
+            }
+            running.remove(&self.watch);
+        }
+        debug!(watch = %self.watch, "watch stopped: its series are removed");
+        m.watch_committed_timestamp.remove(&self.labels);
+        m.watch_committed_resource_version.remove(&self.labels);
+        m.watch_listed_objects.remove(&self.labels);
+        m.watch_received_bytes.remove(&self.labels);
+        m.watch_errors
+            .remove(&label("resource", self.watch.as_str()));
+        if let Ok(mut board) = m.committed_at_by_watch.lock() {
+            board.remove(&self.watch);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_series_goes_with_the_last_watch_of_its_scope() {
+        let m = std::sync::Arc::new(Metrics::new());
+        let labels = crate::metrics::watch_labels("", "v1", "pods", None);
+        let series = "ingester_watch_listed_objects{group=\"\",version=\"v1\",plural=\"pods\",watch_namespace=\"\"} 3";
+        let old = WatchSeries::new(m.clone(), "pods".into(), labels.clone());
+        old.listed(3);
+        old.committed(100.0, Some(7));
+        // The same scope watched again before the old watch is gone (a restart).
+        let new = WatchSeries::new(m.clone(), "pods".into(), labels);
+        drop(old);
+        let text = m.encode();
+        assert!(text.contains(series), "{text}");
+        assert!(m.committed_at_by_watch.lock().is_ok_and(|b| b.len() == 1));
+        drop(new);
+        let text = m.encode();
+        assert!(!text.contains("plural=\"pods\""), "{text}");
+        assert!(!text.contains("resource=\"pods\""), "{text}");
+        assert!(m.committed_at_by_watch.lock().is_ok_and(|b| b.is_empty()));
     }
 }

@@ -1,5 +1,6 @@
 //! Liveness and readiness state, and the probe and metrics HTTP servers.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,11 +25,13 @@ pub struct Health {
 
 impl Health {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self {
+        let health = Self {
             db_up: AtomicBool::new(true),
             static_routes_pending: AtomicUsize::new(0),
             metrics,
-        }
+        };
+        health.update_ready_metric();
+        health
     }
 
     /// Records the outcome of a database round trip; logs transitions only.
@@ -39,6 +42,12 @@ impl Health {
         } else {
             self.metrics.db_up.set(i64::from(up));
         }
+        self.update_ready_metric();
+    }
+
+    /// `ingester_ready` follows what /readyz would answer.
+    fn update_ready_metric(&self) {
+        self.metrics.ready.set(i64::from(self.ready()));
     }
 
     pub fn db_up(&self) -> bool {
@@ -47,6 +56,7 @@ impl Health {
 
     pub fn add_static_routes(&self, n: usize) {
         self.static_routes_pending.fetch_add(n, Ordering::SeqCst);
+        self.update_ready_metric();
     }
 
     /// A static route completed its first list (or turned out not to exist on the server).
@@ -54,6 +64,7 @@ impl Health {
         let _ = self
             .static_routes_pending
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        self.update_ready_metric();
     }
 
     pub fn static_routes_pending(&self) -> usize {
@@ -95,6 +106,12 @@ async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse 
     )
 }
 
+/// A running HTTP server task; it ends only when the service shuts it down.
+pub struct ServerTask {
+    pub name: &'static str,
+    pub handle: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
 /// Binds both servers (so a taken port fails start-up) and serves them until `cancel`.
 pub async fn serve(
     probe_addr: SocketAddr,
@@ -102,7 +119,7 @@ pub async fn serve(
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<ServerTask>> {
     let probes = Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -117,15 +134,26 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("METRICS_PORT: cannot listen on {metrics_addr}: {e}"))?;
     let c1 = cancel.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(probe_listener, probes)
+    let probe_server = tokio::spawn(crate::supervisor::named(
+        "probe server",
+        axum::serve(probe_listener, probes)
             .with_graceful_shutdown(c1.cancelled_owned())
-            .await;
-    });
-    tokio::spawn(async move {
-        let _ = axum::serve(metrics_listener, metrics_app)
+            .into_future(),
+    ));
+    let metrics_server = tokio::spawn(crate::supervisor::named(
+        "metrics server",
+        axum::serve(metrics_listener, metrics_app)
             .with_graceful_shutdown(cancel.cancelled_owned())
-            .await;
-    });
-    Ok(())
+            .into_future(),
+    ));
+    Ok(vec![
+        ServerTask {
+            name: "probe server",
+            handle: probe_server,
+        },
+        ServerTask {
+            name: "metrics server",
+            handle: metrics_server,
+        },
+    ])
 }

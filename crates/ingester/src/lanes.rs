@@ -3,7 +3,7 @@
 //! commit, and each lane's worker builds records, coalesces them and writes its batches on its
 //! own connection. Full lanes back-pressure the watches; nothing is buffered without limit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,13 +13,14 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::events::{
-    BatchFlushed, BatchWriteFailed, EventProcessed, InvalidCompositionLabel, RecordDropped,
-    RecordSanitised,
+    BatchFlushed, BatchWriteFailed, EventProcessed, FieldsPruned, FieldsRedacted,
+    InvalidCompositionLabel, NonNumericResourceVersion, RecordDropped, RecordSanitised,
 };
+use crate::fields::FieldPolicy;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::object::RawObject;
-use crate::record::{build_record, EventKind, Notice, Record};
+use crate::record::{build_record_with, CompositionFallback, EventKind, Notice, Record};
 use crate::routes::Route;
 use crate::storage::writer::{BatchWriter, Tombstone};
 
@@ -45,7 +46,7 @@ enum LaneItem {
     Committed(oneshot::Sender<()>),
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LaneSettings {
     pub lanes: usize,
     pub capacity: usize,
@@ -57,6 +58,10 @@ pub struct LaneSettings {
     pub queue_bytes: usize,
     /// A lane flushes once its batch holds this many bytes of object JSON (`BATCH_BYTES`).
     pub batch_bytes: usize,
+    /// composition_id of objects without a valid label (`COMPOSITION_ID_FALLBACK`).
+    pub composition_fallback: CompositionFallback,
+    /// What of an object is redacted or pruned before it is stored (`fields.rs`).
+    pub fields: Arc<FieldPolicy>,
 }
 
 /// The senders into the lanes; cheap to clone. Lanes stop when every clone is dropped.
@@ -90,13 +95,16 @@ impl Lanes {
             senders.push(tx);
             let worker = LaneWorker {
                 idx,
-                settings,
+                settings: settings.clone(),
                 cluster: cluster.clone(),
                 writer: writer.clone(),
                 metrics: metrics.clone(),
                 health: health.clone(),
             };
-            tracker.spawn(worker.run(rx));
+            tracker.spawn(crate::supervisor::named(
+                format!("writer lane {idx}"),
+                worker.run(rx),
+            ));
         }
         let queue_permits = (settings.queue_bytes / PERMIT_BYTES).max(1);
         Lanes {
@@ -135,22 +143,30 @@ impl Lanes {
             .acquire_many_owned(kib as u32)
             .await
             .ok();
+        if let Some(p) = &permit {
+            self.metrics
+                .queue_bytes
+                .inc_by((p.num_permits() * PERMIT_BYTES) as i64);
+        }
         self.send(lane, LaneItem::Event(Box::new(event), permit))
             .await
     }
 
-    /// Queues "this object is gone" for the row of `uid`.
+    /// Queues "this object is gone" for the row of `uid`, unless its row is newer than
+    /// `not_newer_than` (the resourceVersion of the list that found it missing).
     pub async fn send_tombstone(
         &self,
         uid: &str,
         global_uid: String,
         observed_at: DateTime<Utc>,
+        not_newer_than: Option<i64>,
     ) -> Result<(), LanesClosed> {
         self.send(
             self.lane_of(uid),
             LaneItem::Tombstone(Tombstone {
                 global_uid,
                 observed_at,
+                not_newer_than,
             }),
         )
         .await
@@ -185,12 +201,16 @@ impl Lanes {
     }
 }
 
-/// Records of one batch, one per object (the newest state wins), plus tombstones.
+/// Records of one batch, one per object (the newest state wins), plus tombstones. The writer
+/// applies the records before the tombstones, so a batch never holds a record that came after
+/// a tombstone of the same object (the lane flushes the batch first).
 #[derive(Default)]
 struct Batch {
     records: Vec<Record>,
     index: HashMap<String, usize>,
     tombstones: Vec<Tombstone>,
+    /// global_uids of `tombstones`.
+    tombstoned: HashSet<String>,
     /// JSON bytes of the records pushed (replaced ones included: an upper bound).
     bytes: usize,
 }
@@ -223,6 +243,11 @@ impl Batch {
             }
         }
     }
+
+    fn push_tombstone(&mut self, tombstone: Tombstone) {
+        self.tombstoned.insert(tombstone.global_uid.clone());
+        self.tombstones.push(tombstone);
+    }
 }
 
 struct LaneWorker {
@@ -249,12 +274,7 @@ impl LaneWorker {
                 || !open
                 || !barriers.is_empty();
             if must_flush {
-                if !batch.is_empty() {
-                    let batch = std::mem::take(&mut batch);
-                    let n = batch.len() as i64;
-                    self.flush(batch).await;
-                    self.metrics.pending_batch.dec_by(n);
-                }
+                self.flush_batch(&mut batch).await;
                 deadline = None;
                 for ack in barriers.drain(..).chain(committed.drain(..)) {
                     let _ = ack.send(());
@@ -268,14 +288,14 @@ impl LaneWorker {
                 item = rx.recv() => match item {
                     None => open = false,
                     Some(item) => {
-                        self.accept(item, &mut batch, &mut barriers, &mut committed);
+                        self.accept(item, &mut batch, &mut barriers, &mut committed).await;
                         // Take what is already queued without another trip through select!.
                         while batch.len() < self.settings.batch_size
                             && batch.bytes < self.settings.batch_bytes
                             && barriers.is_empty()
                         {
                             match rx.try_recv() {
-                                Ok(item) => self.accept(item, &mut batch, &mut barriers, &mut committed),
+                                Ok(item) => self.accept(item, &mut batch, &mut barriers, &mut committed).await,
                                 Err(_) => break,
                             }
                         }
@@ -289,29 +309,54 @@ impl LaneWorker {
         }
     }
 
-    fn accept(
+    /// Writes and empties the batch (nothing when it is empty).
+    async fn flush_batch(&self, batch: &mut Batch) {
+        if batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(batch);
+        let n = batch.len() as i64;
+        self.flush(batch).await;
+        self.metrics.pending_batch.dec_by(n);
+    }
+
+    async fn accept(
         &self,
         item: LaneItem,
         batch: &mut Batch,
         barriers: &mut Vec<oneshot::Sender<()>>,
         committed: &mut Vec<oneshot::Sender<()>>,
     ) {
-        let before = batch.len();
+        let mut before = batch.len();
         match item {
             LaneItem::Event(ev, permit) => {
+                if let Some(p) = &permit {
+                    self.metrics
+                        .queue_bytes
+                        .dec_by((p.num_permits() * PERMIT_BYTES) as i64);
+                }
                 drop(permit);
                 self.metrics.queue_depth.dec();
                 let started = Instant::now();
-                let ok = self.build(*ev, batch);
+                let record = self.build(*ev);
                 EventProcessed {
                     elapsed: started.elapsed(),
-                    ok,
+                    ok: record.is_some(),
                 }
                 .emit(&self.metrics);
+                if let Some(record) = record {
+                    if batch.tombstoned.contains(&record.global_uid) {
+                        // The batch applies records before tombstones: commit the tombstone
+                        // of this object first, so the two keep their order.
+                        self.flush_batch(batch).await;
+                        before = 0;
+                    }
+                    batch.push(record);
+                }
             }
             LaneItem::Tombstone(t) => {
                 self.metrics.queue_depth.dec();
-                batch.tombstones.push(t);
+                batch.push_tombstone(t);
             }
             LaneItem::Barrier(ack) => barriers.push(ack),
             LaneItem::Committed(ack) => {
@@ -327,8 +372,17 @@ impl LaneWorker {
             .inc_by((batch.len() - before) as i64);
     }
 
-    fn build(&self, ev: WatchedEvent, batch: &mut Batch) -> bool {
-        match build_record(ev.object, &ev.route, &self.cluster, ev.kind, ev.observed_at) {
+    /// The record of an event (`None`: dropped, counted and logged).
+    fn build(&self, ev: WatchedEvent) -> Option<Record> {
+        match build_record_with(
+            ev.object,
+            &ev.route,
+            &self.cluster,
+            ev.kind,
+            ev.observed_at,
+            self.settings.composition_fallback,
+            &self.settings.fields,
+        ) {
             Ok((record, notices)) => {
                 for n in &notices {
                     match n {
@@ -342,14 +396,28 @@ impl LaneWorker {
                             reason: "nul_in_string",
                         }
                         .emit(&self.metrics),
+                        Notice::NonNumericResourceVersion(v) => NonNumericResourceVersion {
+                            global_uid: &record.global_uid,
+                            value: v,
+                        }
+                        .emit(&self.metrics),
+                        Notice::FieldsRedacted(count) => FieldsRedacted {
+                            global_uid: &record.global_uid,
+                            count: *count,
+                        }
+                        .emit(&self.metrics),
+                        Notice::FieldsPruned(bytes) => FieldsPruned {
+                            global_uid: &record.global_uid,
+                            bytes: *bytes,
+                        }
+                        .emit(&self.metrics),
                     }
                 }
-                batch.push(record);
-                true
+                Some(record)
             }
             Err(e) => {
                 RecordDropped::from_error(&ev.route.plural, &e).emit(&self.metrics);
-                false
+                None
             }
         }
     }

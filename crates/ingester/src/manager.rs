@@ -1,86 +1,26 @@
 //! The CRD manager: starts one watch per CustomResourceDefinition of a managed group (at its
 //! storage version, else its first served one), switches it when the CRD changes, stops it
-//! when the CRD goes, and marks the custom resources of a gone CRD deleted.
+//! when the CRD goes or serves nothing, and marks the custom resources of a gone CRD deleted
+//! (only rows not newer than the moment it was seen gone).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Namespaces;
-use crate::object::RawObject;
-use crate::routes::{ManagedGroups, Route};
+use crate::crd::{CrdSummary, CrdWatch};
+use crate::routes::ManagedGroups;
 use crate::storage::snapshot::Scope;
+use crate::supervisor::named;
 use crate::watch::{run_watch, sweep_scope, CrdEvent, WatchContext, WatchSpec};
 
-/// The watch a CRD calls for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CrdWatch {
-    pub route: Route,
-    pub namespaced: bool,
-}
-
-#[derive(Deserialize)]
-struct Crd {
-    metadata: CrdMeta,
-    spec: CrdSpec,
-}
-#[derive(Deserialize)]
-struct CrdMeta {
-    name: String,
-}
-#[derive(Deserialize)]
-struct CrdSpec {
-    group: String,
-    names: CrdNames,
-    scope: String,
-    #[serde(default)]
-    versions: Vec<CrdVersion>,
-}
-#[derive(Deserialize)]
-struct CrdNames {
-    plural: String,
-    kind: String,
-}
-#[derive(Deserialize)]
-struct CrdVersion {
-    name: String,
-    #[serde(default)]
-    served: bool,
-    #[serde(default)]
-    storage: bool,
-}
-
-/// Pure: the CRD's name and the watch it needs (`None`: not managed, or nothing served).
-pub fn desired_watch(
-    crd_json: &str,
-    groups: &ManagedGroups,
-) -> Result<(String, Option<CrdWatch>), serde_json::Error> {
-    let crd: Crd = serde_json::from_str(crd_json)?;
-    if !groups.contains(&crd.spec.group) {
-        return Ok((crd.metadata.name, None));
-    }
-    let version = crd
-        .spec
-        .versions
-        .iter()
-        .find(|v| v.storage && v.served)
-        .or_else(|| crd.spec.versions.iter().find(|v| v.served));
-    let watch = version.map(|v| CrdWatch {
-        route: Route::new(
-            &crd.spec.group,
-            &v.name,
-            &crd.spec.names.plural,
-            &crd.spec.names.kind,
-        ),
-        namespaced: crd.spec.scope == "Namespaced",
-    });
-    Ok((crd.metadata.name, watch))
-}
+/// A kind, by API group and plural: what sweeps and duplicate checks compare.
+pub type Kind = (String, String);
 
 struct Running {
     watch: CrdWatch,
@@ -92,47 +32,65 @@ pub struct Manager {
     ctx: Arc<WatchContext>,
     groups: ManagedGroups,
     namespaces: Namespaces,
+    /// Kinds the static routes already watch: a CRD of one of them gets no second watch
+    /// (two watches of one scope would fight over its rows).
+    static_kinds: HashSet<Kind>,
     running: HashMap<String, Running>,
     /// CRD names seen since the current list started.
     listing: Option<HashSet<String>>,
-    orphans_swept: bool,
+    /// The resourceVersion of the last complete CRD list, while the sweep of kinds whose CRD
+    /// is gone is still owed (it failed and is retried).
+    orphan_sweep_owed: Option<Option<i64>>,
     cancel: CancellationToken,
 }
+
+const ORPHAN_SWEEP_RETRY: Duration = Duration::from_secs(10);
+/// A stopped watch whose changes take longer than this to commit says so (the database is
+/// slow or unreachable, and the CRD's next watch waits for it).
+const SLOW_STOP_NOTICE: Duration = Duration::from_secs(1);
 
 impl Manager {
     pub fn new(
         ctx: Arc<WatchContext>,
         groups: ManagedGroups,
         namespaces: Namespaces,
+        static_kinds: HashSet<Kind>,
         cancel: CancellationToken,
     ) -> Self {
         Self {
             ctx,
             groups,
             namespaces,
+            static_kinds,
             running: HashMap::new(),
             listing: None,
-            orphans_swept: false,
+            orphan_sweep_owed: None,
             cancel,
         }
     }
 
     pub async fn run(mut self, mut events: mpsc::Receiver<CrdEvent>) {
         loop {
+            let retry = async {
+                match self.orphan_sweep_owed {
+                    Some(_) => tokio::time::sleep(ORPHAN_SWEEP_RETRY).await,
+                    None => std::future::pending().await,
+                }
+            };
             let event = tokio::select! {
                 _ = self.cancel.cancelled() => break,
+                _ = retry => {
+                    self.sweep_orphans().await;
+                    continue;
+                }
                 e = events.recv() => e,
             };
             let Some(event) = event else { break };
             match event {
                 CrdEvent::ListStarted => self.listing = Some(HashSet::new()),
-                CrdEvent::Applied(obj) => self.applied(&obj).await,
-                CrdEvent::Deleted(obj) => {
-                    if let Some(name) = obj.metadata.name.clone() {
-                        self.stop(&name, true).await;
-                    }
-                }
-                CrdEvent::ListDone => self.list_done().await,
+                CrdEvent::Applied(crd) => self.applied(crd).await,
+                CrdEvent::Deleted(crd) => self.deleted(crd).await,
+                CrdEvent::ListDone { resource_version } => self.list_done(resource_version).await,
             }
         }
         for (_, r) in self.running.drain() {
@@ -143,27 +101,40 @@ impl Manager {
         }
     }
 
-    async fn applied(&mut self, obj: &RawObject) {
-        let (name, desired) = match desired_watch(&obj.json, &self.groups) {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(crd = ?obj.metadata.name, error = %e, "cannot read CustomResourceDefinition; ignored");
-                return;
-            }
-        };
+    async fn applied(&mut self, crd: CrdSummary) {
         if let Some(seen) = self.listing.as_mut() {
-            seen.insert(name.clone());
+            seen.insert(crd.name.clone());
+        }
+        let kind = (crd.group.clone(), crd.plural.clone());
+        if crd.is_managed(&self.groups) && self.static_kinds.contains(&kind) {
+            if !self.running.contains_key(&crd.name) {
+                warn!(crd = %crd.name, "this kind is also a static route: the static route watches it; no second watch");
+            }
+            return;
         }
         // A terminating CRD still serves until its objects are gone; keep watching so their
         // DELETED events land, and sweep when the CRD itself is deleted.
-        match (self.running.get(&name), desired) {
+        match (self.running.get(&crd.name), crd.desired_watch(&self.groups)) {
             (Some(r), Some(w)) if r.watch == w => {}
             (_, Some(w)) => {
-                self.stop(&name, false).await;
-                self.start(name, w);
+                self.stop(&crd.name).await;
+                self.start(crd.name, w);
             }
-            (Some(_), None) => self.stop(&name, false).await,
+            (Some(_), None) => {
+                // No version served any more: its objects cannot be read, the same as gone.
+                self.stop(&crd.name).await;
+                self.sweep_kind(&kind, None, crd.resource_version).await;
+            }
             (None, None) => {}
+        }
+    }
+
+    async fn deleted(&mut self, crd: CrdSummary) {
+        self.stop(&crd.name).await;
+        let kind = (crd.group.clone(), crd.plural.clone());
+        // Swept even when not running (a CRD that had stopped serving, then was deleted).
+        if crd.is_managed(&self.groups) && !self.static_kinds.contains(&kind) {
+            self.sweep_kind(&kind, None, crd.resource_version).await;
         }
     }
 
@@ -175,7 +146,12 @@ impl Manager {
         info!(crd = %crd, route = %route, watches = specs.len(), "starting custom resource watch");
         let tasks = specs
             .into_iter()
-            .map(|spec| tokio::spawn(run_watch(self.ctx.clone(), spec, cancel.clone(), None)))
+            .map(|spec| {
+                tokio::spawn(named(
+                    format!("watch {}", spec.label()),
+                    run_watch(self.ctx.clone(), spec, cancel.clone(), None),
+                ))
+            })
             .collect();
         self.running.insert(
             crd,
@@ -187,48 +163,52 @@ impl Manager {
         );
     }
 
-    /// Stops the CRD's watch; with `sweep`, marks the rows of its resources deleted.
-    async fn stop(&mut self, crd: &str, sweep: bool) {
+    /// Stops the CRD's watch, if any, and returns once its tasks ended and what it queued is
+    /// committed: a watch of this CRD at another version starts next and reads the table to
+    /// decide whether it may resume; rows still queued at the old version would be written
+    /// after that decision and stay at the old version (the resumed watch has nothing to
+    /// rewrite them with).
+    async fn stop(&mut self, crd: &str) {
         let Some(r) = self.running.remove(crd) else {
             return;
         };
         info!(crd = %crd, route = %r.watch.route, "stopping custom resource watch");
         r.cancel.cancel();
-        for t in r.tasks {
-            let _ = t.await;
-        }
-        if sweep {
-            for scope in self.scopes(&r.watch.route, r.watch.namespaced) {
-                if sweep_scope(&self.ctx, &scope, &self.cancel).await.is_err() {
-                    return;
-                }
+        let stopped = async {
+            for t in r.tasks {
+                let _ = t.await;
             }
-        }
-    }
-
-    fn scopes(&self, route: &Route, namespaced: bool) -> Vec<Scope> {
-        let base = Scope {
-            cluster: self.ctx.cluster.to_string(),
-            group: route.group.clone(),
-            plural: route.plural.clone(),
-            version: route.version.clone(),
-            namespace: None,
+            tokio::select! {
+                _ = self.cancel.cancelled() => {}
+                _ = self.ctx.lanes.barrier() => {}
+            }
         };
-        if namespaced && !self.namespaces.is_all() {
-            self.namespaces
-                .0
-                .iter()
-                .map(|ns| Scope {
-                    namespace: Some(ns.clone()),
-                    ..base.clone()
-                })
-                .collect()
-        } else {
-            vec![base]
+        tokio::pin!(stopped);
+        if tokio::time::timeout(SLOW_STOP_NOTICE, &mut stopped)
+            .await
+            .is_err()
+        {
+            info!(crd = %crd, route = %r.watch.route, "waiting for the stopped watch's changes to be committed before this CRD is watched again");
+            stopped.await;
         }
     }
 
-    async fn list_done(&mut self) {
+    /// Marks the rows of a kind whose CRD is gone deleted, in every namespace (`None`: the
+    /// objects of a gone CRD are gone everywhere) or in one, but only rows not newer than
+    /// `seen_gone_at`.
+    async fn sweep_kind(&self, kind: &Kind, namespace: Option<String>, seen_gone_at: Option<i64>) {
+        let scope = Scope {
+            cluster: self.ctx.cluster.to_string(),
+            group: kind.0.clone(),
+            plural: kind.1.clone(),
+            version: String::new(),
+            namespace,
+        };
+        // Err only when the lanes are closed: the process is stopping.
+        let _ = sweep_scope(&self.ctx, &scope, seen_gone_at, &self.cancel).await;
+    }
+
+    async fn list_done(&mut self, resource_version: Option<i64>) {
         let Some(seen) = self.listing.take() else {
             return;
         };
@@ -239,139 +219,79 @@ impl Manager {
             .cloned()
             .collect();
         for name in gone {
-            self.stop(&name, true).await;
+            if let Some(r) = self.running.get(&name) {
+                let kind = (r.watch.route.group.clone(), r.watch.route.plural.clone());
+                self.stop(&name).await;
+                self.sweep_kind(&kind, None, resource_version).await;
+            }
         }
-        if !self.orphans_swept {
-            self.orphans_swept = true;
-            self.sweep_orphans().await;
-        }
+        self.orphan_sweep_owed = Some(resource_version);
+        self.sweep_orphans().await;
     }
 
-    /// Rows of managed groups whose CRD is no longer there (deleted while we were not
-    /// running) are marked deleted once, after the first CRD list.
+    /// Rows of managed groups whose kind nobody watches (its CRD deleted while we were not
+    /// running, or no longer served) are marked deleted after every complete CRD list,
+    /// retried until it succeeds.
     async fn sweep_orphans(&mut self) {
+        let Some(list_rv) = self.orphan_sweep_owed else {
+            return;
+        };
         let groups: Vec<String> = self.groups.iter().map(str::to_owned).collect();
         let live = match live_kinds(&self.ctx, &groups).await {
             Ok(l) => l,
             Err(e) => {
-                warn!(error = %e, "cannot look for custom resources of deleted CRDs; will not sweep them now");
+                warn!(error = %e, retry_in = ?ORPHAN_SWEEP_RETRY, "cannot look for custom resources of deleted CRDs; retrying");
                 return;
             }
         };
-        let watched: HashSet<(String, String)> = self
+        let watched: HashSet<Kind> = self
             .running
             .values()
             .map(|r| (r.watch.route.group.clone(), r.watch.route.plural.clone()))
+            .chain(self.static_kinds.iter().cloned())
             .collect();
-        for (group, plural) in live {
-            if watched.contains(&(group.clone(), plural.clone())) {
-                continue;
-            }
-            info!(group = %group, plural = %plural, "CRD gone while not watched: marking its objects deleted");
-            let route = Route::new(&group, "", &plural, "");
-            for scope in self.scopes(&route, true) {
-                if sweep_scope(&self.ctx, &scope, &self.cancel).await.is_err() {
-                    return;
-                }
+        // A namespaced kind watched per namespace (`NAMESPACES` set) never lists rows
+        // without a namespace: those are objects of an earlier, cluster-scoped CRD of the
+        // same kind, gone with it.
+        let watched_per_namespace: HashSet<Kind> = self
+            .running
+            .values()
+            .filter(|r| r.watch.namespaced && !self.namespaces.is_all())
+            .map(|r| (r.watch.route.group.clone(), r.watch.route.plural.clone()))
+            .collect();
+        for (kind, has_cluster_scoped_rows) in live {
+            if !watched.contains(&kind) {
+                info!(group = %kind.0, plural = %kind.1, "no CRD serves this kind: marking its objects deleted");
+                self.sweep_kind(&kind, None, list_rv).await;
+            } else if has_cluster_scoped_rows && watched_per_namespace.contains(&kind) {
+                info!(group = %kind.0, plural = %kind.1, "this kind is namespaced now: marking its cluster-scoped objects deleted");
+                self.sweep_kind(&kind, Some(String::new()), list_rv).await;
             }
         }
+        self.orphan_sweep_owed = None;
     }
 }
 
-async fn live_kinds(
-    ctx: &WatchContext,
-    groups: &[String],
-) -> Result<Vec<(String, String)>, String> {
+/// Kinds of the managed groups with live rows, and whether some of those rows are
+/// cluster-scoped (no namespace).
+async fn live_kinds(ctx: &WatchContext, groups: &[String]) -> Result<Vec<(Kind, bool)>, String> {
     let client = ctx.db.pool.get().await.map_err(|e| e.to_string())?;
     let rows = client
         .query(
-            "SELECT DISTINCT resource_group, resource_plural FROM krateo_resources
-              WHERE cluster_name = $1 AND deleted_at IS NULL AND resource_group = ANY($2)",
+            "SELECT resource_group, resource_plural, bool_or(namespace = '') FROM krateo_resources
+              WHERE cluster_name = $1 AND deleted_at IS NULL AND resource_group = ANY($2)
+                AND resource_plural IS NOT NULL
+              GROUP BY resource_group, resource_plural",
             &[&ctx.cluster.to_string(), &groups],
         )
         .await
         .map_err(|e| e.to_string())?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn groups() -> ManagedGroups {
-        ManagedGroups::parse("composition.krateo.io\n").0
-    }
-
-    fn crd(group: &str, versions: &str, scope: &str) -> String {
-        format!(
-            r#"{{"metadata":{{"name":"fireworksapps.{group}"}},"spec":{{"group":"{group}","scope":"{scope}","names":{{"plural":"fireworksapps","kind":"FireworksApp"}},"versions":[{versions}]}}}}"#
-        )
-    }
-
-    #[test]
-    fn storage_version_is_watched() {
-        let json = crd(
-            "composition.krateo.io",
-            r#"{"name":"v1alpha1","served":true,"storage":false},{"name":"v1alpha2","served":true,"storage":true}"#,
-            "Namespaced",
-        );
-        let (name, w) = desired_watch(&json, &groups()).expect("ok");
-        assert_eq!(name, "fireworksapps.composition.krateo.io");
-        let w = w.expect("managed");
-        assert_eq!(
-            w.route,
-            Route::new(
-                "composition.krateo.io",
-                "v1alpha2",
-                "fireworksapps",
-                "FireworksApp"
-            )
-        );
-        assert!(w.namespaced);
-    }
-
-    #[test]
-    fn first_served_version_when_storage_is_not_served() {
-        let json = crd(
-            "composition.krateo.io",
-            r#"{"name":"v1","served":false,"storage":true},{"name":"v2","served":true,"storage":false},{"name":"v3","served":true,"storage":false}"#,
-            "Cluster",
-        );
-        let w = desired_watch(&json, &groups())
-            .expect("ok")
-            .1
-            .expect("managed");
-        assert_eq!(w.route.version, "v2");
-        assert!(!w.namespaced);
-    }
-
-    #[test]
-    fn nothing_served_means_no_watch() {
-        let json = crd(
-            "composition.krateo.io",
-            r#"{"name":"v1","served":false,"storage":true}"#,
-            "Cluster",
-        );
-        assert!(desired_watch(&json, &groups()).expect("ok").1.is_none());
-    }
-
-    #[test]
-    fn unmanaged_groups_are_ignored_exactly() {
-        for g in [
-            "other.io",
-            "krateo.io",
-            "sub.composition.krateo.io",
-            "composition.krateo.io.x",
-        ] {
-            let json = crd(
-                g,
-                r#"{"name":"v1","served":true,"storage":true}"#,
-                "Cluster",
-            );
-            assert!(
-                desired_watch(&json, &groups()).expect("ok").1.is_none(),
-                "{g}"
-            );
-        }
-    }
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let kind = (r.try_get(0).ok()?, r.try_get(1).ok()?);
+            let cluster_scoped: Option<bool> = r.try_get(2).ok()?;
+            Some((kind, cluster_scoped.unwrap_or(false)))
+        })
+        .collect())
 }

@@ -30,10 +30,34 @@ pub struct Metrics {
     pub relists: Family<Labels, Counter>,
     pub watch_resumes: Family<Labels, Counter>,
     pub sweep_deletes: Counter,
+    pub rows_retired: Counter,
+    pub non_numeric_resource_versions: Counter,
     pub watch_errors: Family<Labels, Counter>,
     pub last_flush_timestamp: Gauge<f64, AtomicU64>,
     pub db_up: Gauge,
     pub is_leader: Gauge,
+    // Change history (HISTORY).
+    pub history_partition_missing: Gauge,
+    pub history_partitions_dropped: Counter,
+    pub history_maintenance_failures: Counter,
+    pub fields_redacted: Counter,
+    pub pruned_bytes: Counter,
+    pub redaction_enabled: Gauge,
+    /// JSON bytes of the events waiting in the lanes' queues (whole KiB, at least 1 each).
+    pub queue_bytes: Gauge,
+    /// 1 when /readyz answers 200.
+    pub ready: Gauge,
+    // Per watch (labels from `watch_labels`); removed when the watch stops.
+    pub watch_committed_timestamp: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub watch_committed_resource_version: Family<Labels, Gauge>,
+    pub watch_listed_objects: Family<Labels, Gauge>,
+    pub watch_received_bytes: Family<Labels, Counter>,
+    /// The newest committed change's time per watch (by label), for the status line's
+    /// worst lag (a Family cannot be read back).
+    pub committed_at_by_watch: std::sync::Mutex<std::collections::BTreeMap<String, f64>>,
+    /// Running watches per label: a watch restarted on the same scope may start before the old
+    /// one has finished; the series go only when the last of them stops.
+    pub watches_by_label: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl Default for Metrics {
@@ -62,10 +86,26 @@ impl Metrics {
             relists: Family::default(),
             watch_resumes: Family::default(),
             sweep_deletes: Counter::default(),
+            rows_retired: Counter::default(),
+            non_numeric_resource_versions: Counter::default(),
             watch_errors: Family::default(),
             last_flush_timestamp: Gauge::default(),
             db_up: Gauge::default(),
             is_leader: Gauge::default(),
+            history_partition_missing: Gauge::default(),
+            history_partitions_dropped: Counter::default(),
+            history_maintenance_failures: Counter::default(),
+            fields_redacted: Counter::default(),
+            pruned_bytes: Counter::default(),
+            redaction_enabled: Gauge::default(),
+            queue_bytes: Gauge::default(),
+            ready: Gauge::default(),
+            watch_committed_timestamp: Family::default(),
+            watch_committed_resource_version: Family::default(),
+            watch_listed_objects: Family::default(),
+            watch_received_bytes: Family::default(),
+            committed_at_by_watch: Default::default(),
+            watches_by_label: Default::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters itself.
@@ -151,6 +191,16 @@ impl Metrics {
             m.sweep_deletes.clone(),
         );
         r.register(
+            "ingester_rows_retired",
+            "Rows marked deleted at start-up because this deployment no longer watches their scope",
+            m.rows_retired.clone(),
+        );
+        r.register(
+            "ingester_non_numeric_resource_versions",
+            "Object states whose metadata.resourceVersion is not an integer (stored without the ordering guard)",
+            m.non_numeric_resource_versions.clone(),
+        );
+        r.register(
             "ingester_watch_errors",
             "Watch errors (retried with backoff), by resource",
             m.watch_errors.clone(),
@@ -170,6 +220,91 @@ impl Metrics {
             "1 when this replica holds the lease (or leader election is off)",
             m.is_leader.clone(),
         );
+        r.register(
+            "ingester_history_partition_missing",
+            "1 when tomorrow's partition of krateo_resource_history is missing (HISTORY=true; run `resources-ingester history maintain`)",
+            m.history_partition_missing.clone(),
+        );
+        r.register(
+            "ingester_history_partitions_dropped",
+            "Day partitions of krateo_resource_history dropped past HISTORY_RETENTION by this process",
+            m.history_partitions_dropped.clone(),
+        );
+        r.register(
+            "ingester_history_maintenance_failures",
+            "History partition maintenance runs that failed",
+            m.history_maintenance_failures.clone(),
+        );
+        r.register(
+            "ingester_fields_redacted",
+            "Values of sensitive kinds replaced by the redaction marker before storing (REDACT_SENSITIVE)",
+            m.fields_redacted.clone(),
+        );
+        r.register(
+            "ingester_pruned_bytes",
+            "Bytes of object JSON dropped by PRUNE_FIELDS before storing",
+            m.pruned_bytes.clone(),
+        );
+        r.register(
+            "ingester_redaction_enabled",
+            "1 when values of sensitive kinds are redacted before storing (REDACT_SENSITIVE)",
+            m.redaction_enabled.clone(),
+        );
+        r.register(
+            "ingester_queue_bytes",
+            "JSON bytes of the events waiting in the worker queues (whole KiB, at least 1 KiB an event; bounded by QUEUE_BYTES)",
+            m.queue_bytes.clone(),
+        );
+        r.register(
+            "ingester_ready",
+            "1 when /readyz answers 200 (database reachable, every static route listed)",
+            m.ready.clone(),
+        );
+        r.register(
+            "ingester_watch_last_committed_change_timestamp_seconds",
+            "Unix time at which the watch read its newest change (event, bookmark or completed list) whose rows are committed; lag = time() - value",
+            m.watch_committed_timestamp.clone(),
+        );
+        r.register(
+            "ingester_watch_committed_resource_version",
+            "resourceVersion up to which every change of the watch's scope is committed",
+            m.watch_committed_resource_version.clone(),
+        );
+        r.register(
+            "ingester_watch_listed_objects",
+            "Objects in the watch's last complete list of its scope",
+            m.watch_listed_objects.clone(),
+        );
+        r.register(
+            "ingester_watch_received_bytes",
+            "Response bytes received from the API server for the watch's scope (lists and watches), as sent on the wire (compressed when API_COMPRESSION is on)",
+            m.watch_received_bytes.clone(),
+        );
+        // Known label values start at 0, so alerts and dashboards using `increase()` see the
+        // first occurrence (a series that appears at 1 shows no increase) and the families are
+        // exported before anything happened.
+        let at_zero = |family: &Family<Labels, Counter>, key: &'static str, values: &[&str]| {
+            for v in values {
+                family
+                    .get_or_create(&vec![(key, (*v).to_owned())])
+                    .inc_by(0);
+            }
+        };
+        at_zero(
+            &m.records_dropped,
+            "reason",
+            &["missing_uid", "missing_name", "rejected"],
+        );
+        at_zero(
+            &m.records_sanitised,
+            "reason",
+            &[
+                "nul_in_string",
+                "rejected_stored_as_stub",
+                "invalid_composition_label",
+            ],
+        );
+        at_zero(&m.watch_resumes, "outcome", &["resumed", "expired"]);
         Metrics { registry, ..m }
     }
 
@@ -180,6 +315,29 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The labels of a watch's series: group, version, plural and `watch_namespace` (`""` for a
+/// cluster-wide watch). Not `namespace`: Prometheus attaches the scraped pod's own `namespace`
+/// label, and a clash would rename ours to `exported_namespace`.
+pub fn watch_labels(group: &str, version: &str, plural: &str, namespace: Option<&str>) -> Labels {
+    vec![
+        ("group", group.to_owned()),
+        ("version", version.to_owned()),
+        ("plural", plural.to_owned()),
+        ("watch_namespace", namespace.unwrap_or_default().to_owned()),
+    ]
+}
+
+/// The watch lagging most: its label and the age in seconds of its newest committed change.
+pub fn worst_lag<'a>(
+    now: f64,
+    committed_at: impl IntoIterator<Item = (&'a String, &'a f64)>,
+) -> Option<(&'a str, f64)> {
+    committed_at
+        .into_iter()
+        .map(|(watch, at)| (watch.as_str(), (now - at).max(0.0)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
 }
 
 #[cfg(test)]
@@ -208,9 +366,14 @@ mod tests {
             "ingester_rows_unchanged_skipped_total",
             "ingester_write_failures_total",
             "ingester_sweep_deletes_total",
+            "ingester_rows_retired_total",
+            "ingester_non_numeric_resource_versions_total",
             "ingester_last_flush_timestamp_seconds",
             "ingester_db_up",
             "ingester_leader",
+            "ingester_fields_redacted_total",
+            "ingester_pruned_bytes_total",
+            "ingester_redaction_enabled",
         ] {
             assert!(text.contains(&format!("\n{name}")), "{name} missing");
         }
@@ -236,5 +399,19 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing");
         }
+    }
+
+    #[test]
+    fn worst_lag_is_the_oldest_committed_change() {
+        let mut at = std::collections::BTreeMap::new();
+        assert_eq!(worst_lag(100.0, &at), None);
+        at.insert("pods".to_owned(), 95.0);
+        at.insert("configmaps in a".to_owned(), 40.0);
+        at.insert("deployments".to_owned(), 99.5);
+        assert_eq!(worst_lag(100.0, &at), Some(("configmaps in a", 60.0)));
+        // A clock step backwards never shows a negative lag.
+        at.clear();
+        at.insert("pods".to_owned(), 101.0);
+        assert_eq!(worst_lag(100.0, &at), Some(("pods", 0.0)));
     }
 }

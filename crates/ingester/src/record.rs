@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::fields::FieldPolicy;
 use crate::object::RawObject;
 use crate::routes::Route;
 
@@ -80,6 +81,13 @@ pub enum Notice {
     InvalidCompositionLabel(String),
     /// `\u0000` removed from strings: PostgreSQL's jsonb rejects it.
     NulRemoved,
+    /// `metadata.resourceVersion` is not an integer (it is opaque by contract): the row is
+    /// stored without the ordering guard. The value is kept for the log.
+    NonNumericResourceVersion(String),
+    /// The field policy replaced this many values with `fields::REDACTED` (sensitive kinds).
+    FieldsRedacted(u64),
+    /// The field policy dropped this many bytes of members (`PRUNE_FIELDS`).
+    FieldsPruned(u64),
 }
 
 /// A record could not be built at all.
@@ -101,17 +109,73 @@ impl RecordError {
     }
 }
 
+/// composition_id of an object without a valid `krateo.io/composition-id` label (objects of
+/// [`COMPOSITION_GROUP`] always get their own UID: they are the composition).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompositionFallback {
+    /// The object's own UID, as the original ingester: the presenter never sees NULL.
+    #[default]
+    Uid,
+    /// NULL.
+    Null,
+}
+
+/// The label's UUID; else the object's own UID for a composition (it is one) and, with the
+/// `Uid` fallback, for every other object; else NULL.
+fn composition_id_of(
+    label_id: Option<Uuid>,
+    group: &str,
+    uid: &str,
+    fallback: CompositionFallback,
+) -> Option<Uuid> {
+    label_id.or_else(|| {
+        let own_uid = group == COMPOSITION_GROUP || fallback == CompositionFallback::Uid;
+        own_uid.then(|| Uuid::parse_str(uid).ok()).flatten()
+    })
+}
+
 pub fn global_uid(cluster: &str, uid: &str) -> String {
     format!("{cluster}:{uid}")
 }
 
-/// Builds the row for one observed object state.
+/// Builds the row for one observed object state, with the default composition fallback and
+/// the default field policy (Secrets redacted, nothing pruned).
 pub fn build_record(
     obj: RawObject,
     route: &Arc<Route>,
     cluster: &Arc<str>,
     kind: EventKind,
     observed_at: DateTime<Utc>,
+) -> Result<(Record, Vec<Notice>), RecordError> {
+    build_record_with(
+        obj,
+        route,
+        cluster,
+        kind,
+        observed_at,
+        CompositionFallback::default(),
+        default_policy(),
+    )
+}
+
+fn default_policy() -> &'static FieldPolicy {
+    static DEFAULT: std::sync::OnceLock<FieldPolicy> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(FieldPolicy::default)
+}
+
+/// Builds the row for one observed object state; `fallback` decides the composition id of an
+/// object without a valid label (`COMPOSITION_ID_FALLBACK`); `fields` is what of the object is
+/// redacted or pruned before it is stored (`REDACT_SENSITIVE`, `SENSITIVE_KINDS`,
+/// `PRUNE_FIELDS`). This is the one place the policy applies: `raw`, `status_raw` and
+/// everything derived from the record see the same text.
+pub fn build_record_with(
+    obj: RawObject,
+    route: &Arc<Route>,
+    cluster: &Arc<str>,
+    kind: EventKind,
+    observed_at: DateTime<Utc>,
+    fallback: CompositionFallback,
+    fields: &FieldPolicy,
 ) -> Result<(Record, Vec<Notice>), RecordError> {
     let mut notices = Vec::new();
     let mut obj = match sanitise_nul(&obj.json) {
@@ -124,6 +188,17 @@ pub fn build_record(
         },
         None => obj,
     };
+    // Identity fields are never pruned, so only the text and the status range change.
+    if let Some(applied) = fields.apply(&route.group, &route.kind, &obj.json) {
+        if applied.redacted > 0 {
+            notices.push(Notice::FieldsRedacted(applied.redacted));
+        }
+        if applied.pruned_bytes > 0 {
+            notices.push(Notice::FieldsPruned(applied.pruned_bytes));
+        }
+        obj.json = applied.json;
+        obj.status = applied.status;
+    }
     let name = obj.metadata.name.take().ok_or(RecordError::MissingName)?;
     let Some(uid) = obj.metadata.uid.take() else {
         return Err(RecordError::MissingUid { name });
@@ -139,11 +214,7 @@ pub fn build_record(
         },
         None => None,
     };
-    let composition_id = label_id.or_else(|| {
-        (route.group == COMPOSITION_GROUP)
-            .then(|| Uuid::parse_str(&uid).ok())
-            .flatten()
-    });
+    let composition_id = composition_id_of(label_id, &route.group, &uid, fallback);
 
     let deletion = obj.deletion_timestamp.as_deref().and_then(parse_time);
     let deleted_at = match kind {
@@ -157,6 +228,11 @@ pub fn build_record(
         .unwrap_or(observed_at);
 
     let object_resource_version = obj.resource_version_number();
+    if object_resource_version.is_none() {
+        if let Some(rv) = obj.resource_version() {
+            notices.push(Notice::NonNumericResourceVersion(rv.to_owned()));
+        }
+    }
     let record = Record {
         global_uid: global_uid(cluster, &uid),
         cluster_name: cluster.clone(),
@@ -263,7 +339,11 @@ mod tests {
         assert_eq!(r.route.kind, "Pod");
         assert_eq!(r.route.plural, "pods");
         assert_eq!(r.name, "web");
-        assert_eq!(r.composition_id, None);
+        assert_eq!(
+            r.composition_id,
+            Some(Uuid::parse_str(UID).expect("uuid")),
+            "no label: its own UID"
+        );
         assert_eq!(r.created_at.to_rfc3339(), "2024-01-02T03:04:05+00:00");
         assert_eq!(r.updated_at, now());
         assert_eq!(r.deleted_at, None);
@@ -316,7 +396,7 @@ mod tests {
     fn a_non_uuid_label_is_a_notice_not_an_error() {
         let meta = r#","labels":{"krateo.io/composition-id":"not-a-uuid"}"#;
         let (r, notices) = build(obj(meta, ""), pods(), EventKind::Apply);
-        assert_eq!(r.composition_id, None);
+        assert_eq!(r.composition_id, Some(Uuid::parse_str(UID).expect("uuid")));
         assert_eq!(
             notices,
             vec![Notice::InvalidCompositionLabel("not-a-uuid".into())]
@@ -327,15 +407,28 @@ mod tests {
     }
 
     #[test]
-    fn other_groups_without_label_have_no_composition_id() {
-        let route = Route::new(
-            "core.krateo.io",
-            "v1",
-            "compositiondefinitions",
-            "CompositionDefinition",
+    fn without_a_valid_label_the_fallback_decides_outside_compositions() {
+        let own = Uuid::parse_str(UID).ok();
+        let label = Uuid::parse_str(LABEL).ok();
+        for (label_id, group, fallback, expected) in [
+            (None, "core.krateo.io", CompositionFallback::Uid, own),
+            (None, "core.krateo.io", CompositionFallback::Null, None),
+            (None, "", CompositionFallback::Null, None),
+            (None, COMPOSITION_GROUP, CompositionFallback::Null, own),
+            (label, "", CompositionFallback::Null, label),
+            (label, COMPOSITION_GROUP, CompositionFallback::Uid, label),
+        ] {
+            assert_eq!(
+                composition_id_of(label_id, group, UID, fallback),
+                expected,
+                "{label_id:?} {group:?} {fallback:?}"
+            );
+        }
+        assert_eq!(
+            composition_id_of(None, "", "not-a-uuid", CompositionFallback::Uid),
+            None,
+            "a UID that is no UUID stays NULL"
         );
-        let (r, _) = build(obj("", ""), route, EventKind::Apply);
-        assert_eq!(r.composition_id, None);
     }
 
     #[test]
@@ -417,6 +510,57 @@ mod tests {
     #[test]
     fn an_escaped_backslash_before_u0000_is_not_a_nul() {
         assert_eq!(sanitise_nul(r#"{"a":"\\u0000"}"#), None);
+    }
+
+    #[test]
+    fn secrets_are_redacted_by_default_and_keep_their_status_range() {
+        let o = RawObject::from_json(format!(
+            r#"{{"apiVersion":"v1","kind":"Secret","metadata":{{"name":"s","uid":"{UID}","resourceVersion":"3","annotations":{{"kubectl.kubernetes.io/last-applied-configuration":"{{\"data\":{{\"k\":\"dmFsdWU=\"}}}}"}}}},"data":{{"k":"dmFsdWU=","n\u0000ul":"eA=="}},"status":{{"x":1}}}}"#
+        ))
+        .expect("valid");
+        let (r, notices) = build(
+            o,
+            Route::new("", "v1", "secrets", "Secret"),
+            EventKind::Apply,
+        );
+        assert_eq!(notices, vec![Notice::NulRemoved, Notice::FieldsRedacted(3)]);
+        assert!(!r.raw.contains("dmFsdWU="), "{}", r.raw);
+        assert!(!r.raw.contains("eA=="), "{}", r.raw);
+        let v: serde_json::Value = serde_json::from_str(&r.raw).expect("json");
+        assert_eq!(v["data"]["k"], crate::fields::REDACTED);
+        assert_eq!(v["data"]["nul"], crate::fields::REDACTED);
+        assert_eq!(r.status_json(), Some(r#"{"x":1}"#));
+        assert_eq!(r.name, "s");
+        assert_eq!(r.object_resource_version, Some(3));
+    }
+
+    #[test]
+    fn pruning_drops_the_path_and_moves_the_status_range() {
+        let policy = FieldPolicy::new(
+            true,
+            &crate::fields::SensitiveKinds::default(),
+            &"metadata.managedFields".parse().expect("valid"),
+        );
+        let meta = r#","labels":{"app":"web"},"managedFields":[{"manager":"kubectl"}]"#;
+        let (r, notices) = build_record_with(
+            obj(meta, r#","status":{"phase":"Running"}"#),
+            &Arc::new(pods()),
+            &Arc::from("c1"),
+            EventKind::Apply,
+            now(),
+            CompositionFallback::Uid,
+            &policy,
+        )
+        .expect("record");
+        let dropped = r#""managedFields":[{"manager":"kubectl"}]"#.len() as u64;
+        assert_eq!(notices, vec![Notice::FieldsPruned(dropped)]);
+        assert!(!r.raw.contains("managedFields"));
+        assert!(r.raw.contains(r#""labels":{"app":"web"}"#));
+        assert_eq!(r.status_json(), Some(r#"{"phase":"Running"}"#));
+        // Without a policy for the kind the text is kept as it came.
+        let (r, notices) = build(obj(meta, ""), pods(), EventKind::Apply);
+        assert!(notices.is_empty());
+        assert!(r.raw.contains("managedFields"));
     }
 
     #[test]

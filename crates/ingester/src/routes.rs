@@ -114,6 +114,32 @@ impl StaticRoutes {
         }
         (Self { routes }, skipped)
     }
+
+    /// Refuses two routes for one kind (same group and plural at two versions or kinds): both
+    /// watches would cover the same rows, and each list would rewrite the other's versions.
+    pub fn check_one_route_per_kind(&self) -> Result<(), String> {
+        for (i, a) in self.routes.iter().enumerate() {
+            if let Some(b) = self.routes[..i]
+                .iter()
+                .find(|b| b.group == a.group && b.plural == a.plural)
+            {
+                return Err(format!(
+                    "static routes {b} and {a} watch the same kind ({}/{}); keep one line per group and resource",
+                    if a.group.is_empty() { "core" } else { &a.group },
+                    a.plural
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The (group, plural) of every route.
+    pub fn kinds(&self) -> std::collections::HashSet<(String, String)> {
+        self.routes
+            .iter()
+            .map(|r| (r.group.clone(), r.plural.clone()))
+            .collect()
+    }
 }
 
 /// API groups whose CRDs get their resources watched. A group matches exactly.
@@ -248,5 +274,19 @@ mod tests {
         assert!(!groups.contains("sub.composition.krateo.io"));
         assert!(!groups.contains("composition.krateo.io.evil"));
         assert_eq!(groups.iter().count(), 2);
+    }
+
+    #[test]
+    fn one_route_per_kind() {
+        let (ok, _) = StaticRoutes::parse("apps/v1/deployments/Deployment\n/v1/pods/Pod\n");
+        assert!(ok.check_one_route_per_kind().is_ok());
+        let (dup, _) = StaticRoutes::parse(
+            "apps/v1/deployments/Deployment\n/v1/pods/Pod\napps/v1beta1/deployments/Deployment\n",
+        );
+        let err = dup
+            .check_one_route_per_kind()
+            .expect_err("two versions of one kind");
+        assert!(err.contains("apps/v1/deployments/Deployment"), "{err}");
+        assert!(err.contains("apps/v1beta1/deployments/Deployment"), "{err}");
     }
 }

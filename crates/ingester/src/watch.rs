@@ -1,22 +1,23 @@
-//! One watch: kube-runtime's `watcher` over one kind (in one namespace or cluster-wide),
-//! turned into lane events. Lists are compared with the table's snapshot of the scope, so
-//! unchanged objects are not re-sent and objects a list no longer has are marked deleted.
+//! One watch: the list-and-watch loop (`listwatch.rs`) over one kind (in one namespace or
+//! cluster-wide), turned into lane events. Lists are compared with the table's snapshot of
+//! the scope, so unchanged objects are not re-sent and objects a list no longer has are
+//! marked deleted (unless their row is newer than the list).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, WatchEvent, WatchParams};
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
-use tokio::sync::{mpsc, Semaphore};
+use kube::api::{Api, ApiResource};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::events::{ListCompleted, Relisting, WatchFailed, WatchResumed};
+use crate::crd::CrdSummary;
+use crate::events::{ListCompleted, Relisting, WatchFailed, WatchResumed, WatchSeries};
 use crate::health::Health;
 use crate::lanes::{Lanes, LanesClosed, WatchedEvent};
+use crate::listwatch::{list_watch, Failure, FailureReason, Settings, Start, Step};
 use crate::metrics::Metrics;
 use crate::object::RawObject;
 use crate::record::{global_uid, EventKind};
@@ -48,10 +49,13 @@ pub struct WatchContext {
 pub enum CrdEvent {
     /// A (re)list of CRDs starts.
     ListStarted,
-    Applied(RawObject),
-    Deleted(RawObject),
-    /// The list is complete: CRDs not applied since `ListStarted` are gone.
-    ListDone,
+    Applied(CrdSummary),
+    Deleted(CrdSummary),
+    /// The list is complete: CRDs not applied since `ListStarted` are gone (as of the list's
+    /// `resource_version`).
+    ListDone {
+        resource_version: Option<i64>,
+    },
 }
 
 /// One watch to run.
@@ -136,12 +140,26 @@ impl Drop for ActiveWatch {
 /// State of the list in progress.
 struct ListInProgress {
     snapshot: ScopeSnapshot,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
     listed: u64,
     unchanged: u64,
-    /// Highest resourceVersion among the listed objects: a safe resume point once the list
-    /// is complete (listed objects arrive in no particular order, so not before).
+    /// Highest resourceVersion among the listed objects: the resume point once the list is
+    /// complete when the list's own version is not an integer.
     max_rv: Option<i64>,
+}
+
+impl ListInProgress {
+    /// Ticks a listed object off the snapshot; says whether it must be written.
+    fn observe(&mut self, obj: &RawObject) -> Listed {
+        self.listed += 1;
+        let rv = obj.resource_version_number();
+        self.max_rv = self.max_rv.max(rv);
+        let decision = self.snapshot.observe(obj.uid().unwrap_or_default(), rv);
+        if decision == Listed::Unchanged {
+            self.unchanged += 1;
+        }
+        decision
+    }
 }
 
 /// Runs one watch until `cancel`; returns early only when the lanes close.
@@ -152,222 +170,367 @@ pub async fn run_watch(
     crd_events: Option<mpsc::Sender<CrdEvent>>,
 ) {
     let _active = ActiveWatch::new(ctx.metrics.clone());
-    let label = spec.label();
     let ar = api_resource(&spec.route);
     let api: Api<RawObject> = match &spec.namespace {
         Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &ar),
         None => Api::all_with(ctx.client.clone(), &ar),
     };
-    let namespace = spec.namespace.clone().unwrap_or_default();
-    let scope = spec.scope(&ctx.cluster);
-    let mut progress = Progress::new(resume::scope_key(
-        &spec.route.group,
-        &spec.route.version,
-        &spec.route.plural,
-        spec.namespace.as_deref(),
+    let label = spec.label();
+    let series = Arc::new(WatchSeries::new(
+        ctx.metrics.clone(),
+        label.clone(),
+        crate::metrics::watch_labels(
+            &spec.route.group,
+            &spec.route.version,
+            &spec.route.plural,
+            spec.namespace.as_deref(),
+        ),
     ));
-    let mut first_list_done = false;
-    let mut last_error: Option<&'static str> = None;
+    let mut watch = Watch {
+        series,
+        label,
+        namespace: spec.namespace.clone().unwrap_or_default(),
+        scope: spec.scope(&ctx.cluster),
+        progress: Progress::new(resume::scope_key(
+            &spec.route.group,
+            &spec.route.version,
+            &spec.route.plural,
+            spec.namespace.as_deref(),
+        )),
+        ctx,
+        spec,
+        crd_events,
+        list: None,
+        first_list_done: false,
+        catching_up_to: None,
+        resuming_from: None,
+        last_error: None,
+    };
 
     // CRD watches always list: the manager needs the full set of CRDs to start from.
-    if ctx.resume && crd_events.is_none() {
+    let mut start = Start::List;
+    if watch.ctx.resume && watch.crd_events.is_none() {
         let stored = tokio::select! {
             _ = cancel.cancelled() => return,
-            p = resume::load(&ctx.db.pool, &ctx.cluster, &progress.key) => p,
+            p = async {
+                // Rows at another version (a CRD's watched version switched, even by a watch
+                // that never stored a point): a resume point of this version predates them,
+                // and only a list rewrites them.
+                if ScopeSnapshot::has_rows_at_other_versions(&watch.ctx.db.pool, &watch.scope).await? {
+                    return Ok(None);
+                }
+                resume::load(&watch.ctx.db.pool, &watch.ctx.cluster, &watch.progress.key).await
+            } => p,
         };
         match stored {
             Ok(Some(rv)) => {
-                progress.committed = Some(rv);
-                match resume_watch(
-                    &ctx,
-                    &api,
-                    &spec,
-                    rv,
-                    &mut progress,
-                    &mut first_list_done,
-                    &cancel,
-                )
-                .await
-                {
-                    Ok(ResumeEnd::Stopped) => {
-                        final_checkpoint(&ctx, &progress).await;
-                        return;
-                    }
-                    Ok(ResumeEnd::Expired) => last_error = Some("expired"),
-                    Err(LanesClosed) => return,
-                }
+                watch.progress.committed = Some(rv);
+                watch.progress.queued = Some(rv);
+                watch.resuming_from = Some(rv);
+                start = Start::Resume(rv);
             }
             Ok(None) => {}
-            Err(e) => warn!(resource = %label, error = %e, "cannot read the resume point; listing"),
+            Err(e) => {
+                warn!(resource = %watch.label, error = %e, "cannot read the resume point; listing")
+            }
         }
     }
 
-    let mut streaming = ctx.streaming_lists;
-    let mut stream = list_and_watch(&api, ctx.page_size, streaming);
-    let mut list: Option<ListInProgress> = None;
-    let mut checkpoints = tokio::time::interval(ctx.checkpoint_interval);
+    let settings = Settings {
+        streaming: watch.ctx.streaming_lists,
+        page_size: watch.ctx.page_size,
+        list_permits: Some(watch.ctx.list_permits.clone()),
+    };
+    let mut steps = list_watch(api, settings, start);
+    let mut checkpoints = tokio::time::interval(watch.ctx.checkpoint_interval);
     checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
     loop {
-        let next = tokio::select! {
+        let step = tokio::select! {
             _ = cancel.cancelled() => break,
             _ = checkpoints.tick() => {
-                if list.is_none() {
-                    progress.checkpoint(&ctx);
+                if watch.list.is_none() {
+                    watch.progress.checkpoint(&watch.ctx, &watch.series);
                 }
                 continue;
             }
-            next = stream.next() => next,
+            step = steps.next() => step,
         };
-        let Some(event) = next else { break };
-        if let Err(e) = &event {
-            if streaming && refuses_streaming_lists(e) {
-                info!(resource = %label, "the API server does not serve streaming lists (WatchList feature gate off); using paged lists");
-                streaming = false;
-                stream = list_and_watch(&api, ctx.page_size, false);
-                list = None;
-                continue;
-            }
-        }
-        let observed_at = Utc::now();
-        let result: Result<(), LanesClosed> = async {
-            match event {
-                Ok(Event::Init) => {
-                    let reason = if first_list_done {
-                        last_error.take().unwrap_or("restart")
-                    } else {
-                        "initial"
-                    };
-                    Relisting {
-                        resource: &spec.route.plural,
-                        namespace: &namespace,
-                        reason,
-                    }
-                    .emit(&ctx.metrics);
-                    if let Some(tx) = &crd_events {
-                        let _ = tx.send(CrdEvent::ListStarted).await;
-                    }
-                    let Some(started) = start_list(&ctx, &scope, &cancel).await? else {
-                        return Ok(());
-                    };
-                    list = Some(started);
-                }
-                Ok(Event::InitApply(obj)) => {
-                    if let Some(tx) = &crd_events {
-                        let _ = tx.send(CrdEvent::Applied(obj.clone())).await;
-                    }
-                    let decision = match list.as_mut() {
-                        Some(l) => {
-                            l.listed += 1;
-                            let rv = obj.resource_version_number();
-                            l.max_rv = l.max_rv.max(rv);
-                            let d = l.snapshot.observe(obj.uid().unwrap_or_default(), rv);
-                            if d == Listed::Unchanged {
-                                l.unchanged += 1;
-                            }
-                            d
-                        }
-                        None => Listed::Changed,
-                    };
-                    if decision == Listed::Changed {
-                        ctx.lanes
-                            .send_event(WatchedEvent {
-                                object: obj,
-                                route: spec.route.clone(),
-                                kind: EventKind::Apply,
-                                observed_at,
-                            })
-                            .await?;
-                    }
-                }
-                Ok(Event::InitDone) => {
-                    if let Some(l) = list.take() {
-                        progress.seen(l.max_rv);
-                        let gone = send_tombstones(&ctx, l.snapshot, observed_at).await?;
-                        ListCompleted {
-                            resource: &spec.route.plural,
-                            namespace: &namespace,
-                            listed: l.listed,
-                            unchanged: l.unchanged,
-                            gone,
-                        }
-                        .emit(&ctx.metrics);
-                    }
-                    if let Some(tx) = &crd_events {
-                        let _ = tx.send(CrdEvent::ListDone).await;
-                    }
-                    if !first_list_done {
-                        first_list_done = true;
-                        if spec.is_static {
-                            ctx.health.static_route_listed();
-                        }
-                    }
-                }
-                Ok(Event::Apply(obj)) => {
-                    let crd = crd_events.as_ref();
-                    forward(
-                        &ctx,
-                        &spec,
-                        &mut progress,
-                        crd,
-                        obj,
-                        EventKind::Apply,
-                        observed_at,
-                    )
-                    .await?;
-                }
-                Ok(Event::Delete(obj)) => {
-                    let crd = crd_events.as_ref();
-                    forward(
-                        &ctx,
-                        &spec,
-                        &mut progress,
-                        crd,
-                        obj,
-                        EventKind::Delete,
-                        observed_at,
-                    )
-                    .await?;
-                }
-                Err(e) => {
-                    let text = e.to_string();
-                    let (reason, unavailable) = classify(&e);
-                    last_error = Some(reason);
-                    WatchFailed {
-                        resource: &label,
-                        error: &text,
-                    }
-                    .emit(&ctx.metrics);
-                    // A list that failed half-way starts over with a fresh snapshot.
-                    list = None;
-                    if unavailable && !first_list_done && spec.is_static {
-                        // The server lacks the kind (or RBAC forbids it): keep retrying, but do
-                        // not hold readiness hostage to it.
-                        first_list_done = true;
-                        ctx.health.static_route_listed();
-                    }
-                }
-            }
-            Ok(())
-        }
-        .await;
-        if result.is_err() {
+        let Some(step) = step else { break };
+        if watch.apply(step, &cancel).await.is_err() {
             return;
         }
     }
-    if list.is_none() {
-        final_checkpoint(&ctx, &progress).await;
+    if watch.list.is_none() {
+        final_checkpoint(&watch.ctx, &watch.progress).await;
     }
 }
 
-/// How far a watch has got, and the resume point stored for it.
+/// One running watch: turns the list-and-watch loop's steps into lane events, sweeps and
+/// resume points.
+struct Watch {
+    ctx: Arc<WatchContext>,
+    /// This watch's lag, listed-objects and committed-version series.
+    series: Arc<WatchSeries>,
+    spec: WatchSpec,
+    label: String,
+    namespace: String,
+    scope: Scope,
+    progress: Progress,
+    crd_events: Option<mpsc::Sender<CrdEvent>>,
+    /// The list in progress, if any.
+    list: Option<ListInProgress>,
+    /// Readiness has been told about this watch.
+    first_list_done: bool,
+    /// Resumed without a list: readiness waits until the replayed backlog, which ends at
+    /// this resourceVersion, is committed.
+    catching_up_to: Option<i64>,
+    /// Started from this stored resume point and has not listed since.
+    resuming_from: Option<i64>,
+    /// Why the last attempt failed: the reason of the next relist.
+    last_error: Option<&'static str>,
+}
+
+impl Watch {
+    async fn apply(&mut self, step: Step, cancel: &CancellationToken) -> Result<(), LanesClosed> {
+        let observed_at = Utc::now();
+        match step {
+            Step::ListStarted { permit } => self.list_started(permit, cancel).await?,
+            Step::Listed(obj) => self.listed(obj, observed_at).await?,
+            Step::ListDone { resource_version } => {
+                self.list_done(resource_version, observed_at).await?
+            }
+            Step::Resumed { from, current } => {
+                WatchResumed {
+                    resource: &self.label,
+                    namespace: &self.namespace,
+                    from,
+                    outcome: "resumed",
+                }
+                .emit(&self.ctx.metrics);
+                self.catching_up_to = Some(current.unwrap_or(from));
+                self.caught_up_at(from).await?;
+            }
+            Step::Applied(obj) => self.forward(obj, EventKind::Apply, observed_at).await?,
+            Step::Deleted(obj) => self.forward(obj, EventKind::Delete, observed_at).await?,
+            Step::Progress(rv) => {
+                self.progress.seen(Some(rv), unix_seconds(observed_at));
+                self.caught_up_at(rv).await?;
+            }
+            Step::Failed(f) => self.failed(f),
+        }
+        Ok(())
+    }
+
+    /// A list starts: say why, and take the table's snapshot of the scope to compare it with.
+    async fn list_started(
+        &mut self,
+        permit: Option<OwnedSemaphorePermit>,
+        cancel: &CancellationToken,
+    ) -> Result<(), LanesClosed> {
+        let reason = if self.first_list_done || self.catching_up_to.is_some() {
+            self.last_error.take().unwrap_or("restart")
+        } else {
+            "initial"
+        };
+        Relisting {
+            resource: &self.spec.route.plural,
+            namespace: &self.namespace,
+            reason,
+        }
+        .emit(&self.ctx.metrics);
+        self.catching_up_to = None;
+        self.resuming_from = None;
+        self.send_crd(CrdEvent::ListStarted).await;
+        self.list = start_list(&self.ctx, &self.scope, cancel, permit).await?;
+        Ok(())
+    }
+
+    /// A listed object goes to its lane unless its row already holds this version.
+    async fn listed(
+        &mut self,
+        obj: RawObject,
+        observed_at: chrono::DateTime<Utc>,
+    ) -> Result<(), LanesClosed> {
+        if self.crd_events.is_some() {
+            self.send_crd_object(&obj, false).await;
+        }
+        let decision = match self.list.as_mut() {
+            Some(l) => l.observe(&obj),
+            None => Listed::Changed,
+        };
+        if decision == Listed::Changed {
+            self.ctx
+                .lanes
+                .send_event(WatchedEvent {
+                    object: obj,
+                    route: self.spec.route.clone(),
+                    kind: EventKind::Apply,
+                    observed_at,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A list is complete: rows it did not have are marked deleted (unless newer than it).
+    async fn list_done(
+        &mut self,
+        resource_version: Option<i64>,
+        observed_at: chrono::DateTime<Utc>,
+    ) -> Result<(), LanesClosed> {
+        if let Some(l) = self.list.take() {
+            // The list shows the scope as of its resourceVersion: everything up to
+            // there is queued (a non-integer one falls back to the newest object).
+            self.progress
+                .seen(resource_version.or(l.max_rv), unix_seconds(observed_at));
+            self.series.listed(l.listed);
+            let gone =
+                send_tombstones(&self.ctx, l.snapshot, observed_at, resource_version).await?;
+            ListCompleted {
+                resource: &self.spec.route.plural,
+                namespace: &self.namespace,
+                listed: l.listed,
+                unchanged: l.unchanged,
+                gone,
+            }
+            .emit(&self.ctx.metrics);
+        }
+        self.send_crd(CrdEvent::ListDone { resource_version }).await;
+        self.mark_listed();
+        Ok(())
+    }
+
+    fn failed(&mut self, f: Failure) {
+        if f.reason == FailureReason::Expired {
+            if let Some(from) = self.resuming_from.take() {
+                WatchResumed {
+                    resource: &self.label,
+                    namespace: &self.namespace,
+                    from,
+                    outcome: "expired",
+                }
+                .emit(&self.ctx.metrics);
+            }
+        }
+        self.last_error = Some(f.reason.as_str());
+        WatchFailed {
+            resource: &self.label,
+            error: &f.message,
+        }
+        .emit(&self.ctx.metrics);
+        if f.relist {
+            // A list that broke half-way is void: no sweep, no resume point from it.
+            self.list = None;
+        }
+        if f.reason.kind_unavailable() && self.spec.is_static && !self.first_list_done {
+            // The server lacks the kind (or RBAC forbids it): keep retrying, but do not hold
+            // readiness hostage to it. Any other failure is passing: readiness waits.
+            self.first_list_done = true;
+            self.ctx.health.static_route_listed();
+        }
+    }
+
+    /// A resumed watch counts as listed once the backlog it replays is committed.
+    async fn caught_up_at(&mut self, rv: i64) -> Result<(), LanesClosed> {
+        if self.catching_up_to.is_some_and(|target| rv >= target) {
+            self.catching_up_to = None;
+            if !self.first_list_done {
+                self.ctx.lanes.committed().await?;
+                self.mark_listed();
+            }
+        }
+        Ok(())
+    }
+
+    fn mark_listed(&mut self) {
+        if !self.first_list_done {
+            self.first_list_done = true;
+            if self.spec.is_static {
+                self.ctx.health.static_route_listed();
+            }
+        }
+    }
+
+    /// A live (not listed) change: it moves the resume point, goes to the manager when this
+    /// is the CRD watch, and to its lane. (Live changes arrive in resourceVersion order.)
+    async fn forward(
+        &mut self,
+        object: RawObject,
+        kind: EventKind,
+        observed_at: chrono::DateTime<Utc>,
+    ) -> Result<(), LanesClosed> {
+        let rv = object.resource_version_number();
+        self.progress.seen(rv, unix_seconds(observed_at));
+        if self.crd_events.is_some() {
+            self.send_crd_object(&object, kind == EventKind::Delete)
+                .await;
+        }
+        self.ctx
+            .lanes
+            .send_event(WatchedEvent {
+                object,
+                route: self.spec.route.clone(),
+                kind,
+                observed_at,
+            })
+            .await?;
+        if let Some(rv) = rv {
+            self.caught_up_at(rv).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_crd(&self, event: CrdEvent) {
+        if let Some(tx) = &self.crd_events {
+            let _ = tx.send(event).await;
+        }
+    }
+
+    /// Only the few fields the manager needs travel to it, never the whole CRD.
+    async fn send_crd_object(&self, obj: &RawObject, deleted: bool) {
+        match CrdSummary::from_json(&obj.json) {
+            Ok(crd) => {
+                let event = if deleted {
+                    CrdEvent::Deleted(crd)
+                } else {
+                    CrdEvent::Applied(crd)
+                };
+                self.send_crd(event).await;
+            }
+            Err(e) => {
+                warn!(crd = ?obj.metadata.name, error = %e, "cannot read CustomResourceDefinition; ignored")
+            }
+        }
+    }
+}
+
+fn unix_seconds(at: chrono::DateTime<Utc>) -> f64 {
+    at.timestamp_micros() as f64 / 1e6
+}
+
+/// How far a watch has got, the resume point stored for it, and what its lag series last said.
 struct Progress {
     key: String,
     /// Highest resourceVersion up to which every change of the scope is queued.
     queued: Option<i64>,
+    /// When the newest change counted in `queued` (event, bookmark, completed list) was read
+    /// (unix seconds).
+    queued_at: Option<f64>,
     /// Highest resume point stored (or being stored).
     committed: Option<i64>,
+    /// `queued_at` of the newest checkpoint reported (or being reported) committed.
+    reported_at: Option<f64>,
     in_flight: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What one checkpoint does once everything queued so far is committed.
+#[derive(Debug, PartialEq)]
+struct CheckpointPlan {
+    /// Store this resume point.
+    store: Option<i64>,
+    /// Tell the lag series: the changes read up to this time (unix seconds), through this
+    /// resourceVersion, are committed.
+    report: Option<(f64, Option<i64>)>,
 }
 
 impl Progress {
@@ -375,13 +538,16 @@ impl Progress {
         Self {
             key,
             queued: None,
+            queued_at: None,
             committed: None,
+            reported_at: None,
             in_flight: None,
         }
     }
 
-    fn seen(&mut self, rv: Option<i64>) {
+    fn seen(&mut self, rv: Option<i64>, read_at: f64) {
         self.queued = self.queued.max(rv);
+        self.queued_at = Some(self.queued_at.map_or(read_at, |q| q.max(read_at)));
     }
 
     fn ahead(&self) -> Option<i64> {
@@ -389,23 +555,51 @@ impl Progress {
             .filter(|q| self.committed.is_none_or(|c| c < *q))
     }
 
-    /// Stores the resume point in the background once the lanes have committed everything
-    /// queued so far (one store at a time; never forces a flush).
-    fn checkpoint(&mut self, ctx: &Arc<WatchContext>) {
-        if !ctx.resume || self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
+    /// What the next checkpoint has to do, if anything: store a newer resume point (when
+    /// resuming is on), report newer committed changes (always: the lag series use the same
+    /// signal as the resume points, the lanes' "everything queued so far is committed").
+    fn plan(&self, resume: bool) -> Option<CheckpointPlan> {
+        let store = self.ahead().filter(|_| resume);
+        let report = self
+            .queued_at
+            .filter(|at| self.reported_at.is_none_or(|r| r < *at))
+            .map(|at| (at, self.queued));
+        (store.is_some() || report.is_some()).then_some(CheckpointPlan { store, report })
+    }
+
+    /// Stores the resume point and reports the committed changes in the background once the
+    /// lanes have committed everything queued so far (one checkpoint at a time; never forces
+    /// a flush).
+    fn checkpoint(&mut self, ctx: &Arc<WatchContext>, series: &Arc<WatchSeries>) {
+        if self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
-        let Some(rv) = self.ahead() else { return };
-        self.committed = Some(rv);
+        let Some(plan) = self.plan(ctx.resume) else {
+            return;
+        };
+        if let Some(rv) = plan.store {
+            self.committed = Some(rv);
+        }
+        if let Some((at, _)) = plan.report {
+            self.reported_at = Some(at);
+        }
         let ctx = ctx.clone();
+        let series = series.clone();
         let key = self.key.clone();
-        self.in_flight = Some(tokio::spawn(async move {
-            if ctx.lanes.committed().await.is_ok() {
+        let name = format!("checkpoint {key}");
+        self.in_flight = Some(tokio::spawn(crate::supervisor::named(name, async move {
+            if ctx.lanes.committed().await.is_err() {
+                return;
+            }
+            if let Some((at, rv)) = plan.report {
+                series.committed(at, rv);
+            }
+            if let Some(rv) = plan.store {
                 if let Err(e) = resume::save(&ctx.db.pool, &ctx.cluster, &key, rv).await {
                     debug!(scope = %key, error = %e, "resume point not stored; a restart lists from an older one");
                 }
             }
-        }));
+        })));
     }
 }
 
@@ -421,155 +615,14 @@ async fn final_checkpoint(ctx: &WatchContext, progress: &Progress) {
     }
 }
 
-enum ResumeEnd {
-    Stopped,
-    /// The server no longer has the history: list instead.
-    Expired,
-}
-
-/// Watches from a stored resume point instead of listing (a restart inside the server's
-/// history window). Ends when cancelled, or when the server answers 410 Gone.
-async fn resume_watch(
-    ctx: &Arc<WatchContext>,
-    api: &Api<RawObject>,
-    spec: &WatchSpec,
-    from: i64,
-    progress: &mut Progress,
-    first_list_done: &mut bool,
-    cancel: &CancellationToken,
-) -> Result<ResumeEnd, LanesClosed> {
-    let label = spec.label();
-    let namespace = spec.namespace.as_deref().unwrap_or("");
-    let mut delay = Duration::from_millis(500);
-    let mut announced = false;
-    let mut checkpoints = tokio::time::interval(ctx.checkpoint_interval);
-    checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let expired = |metrics: &Metrics| {
-        WatchResumed {
-            resource: &label,
-            namespace,
-            from,
-            outcome: "expired",
-        }
-        .emit(metrics);
-        Ok(ResumeEnd::Expired)
-    };
-    loop {
-        let params = WatchParams::default().timeout(290);
-        // Re-watch from the newest resourceVersion seen (events and bookmarks).
-        let from_rv = progress.queued.map_or(from, |q| q.max(from)).to_string();
-        let started = tokio::select! {
-            _ = cancel.cancelled() => return Ok(ResumeEnd::Stopped),
-            s = api.watch(&params, &from_rv) => s,
-        };
-        let stream = match started {
-            Ok(s) => s,
-            Err(kube::Error::Api(status)) if status.code == 410 => return expired(&ctx.metrics),
-            Err(e) => {
-                WatchFailed {
-                    resource: &label,
-                    error: &e.to_string(),
-                }
-                .emit(&ctx.metrics);
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(ResumeEnd::Stopped),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
-        if !announced {
-            announced = true;
-            WatchResumed {
-                resource: &label,
-                namespace,
-                from,
-                outcome: "resumed",
-            }
-            .emit(&ctx.metrics);
-            if spec.is_static && !*first_list_done {
-                *first_list_done = true;
-                ctx.health.static_route_listed();
-            }
-        }
-        futures::pin_mut!(stream);
-        loop {
-            let item = tokio::select! {
-                _ = cancel.cancelled() => return Ok(ResumeEnd::Stopped),
-                _ = checkpoints.tick() => {
-                    progress.checkpoint(ctx);
-                    continue;
-                }
-                item = stream.next() => item,
-            };
-            let observed_at = Utc::now();
-            let (object, kind) = match item {
-                None => break,
-                Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => (o, EventKind::Apply),
-                Some(Ok(WatchEvent::Deleted(o))) => (o, EventKind::Delete),
-                Some(Ok(WatchEvent::Bookmark(b))) => {
-                    progress.seen(b.metadata.resource_version.parse().ok());
-                    continue;
-                }
-                Some(Ok(WatchEvent::Error(status))) if status.code == 410 => {
-                    return expired(&ctx.metrics)
-                }
-                Some(Ok(WatchEvent::Error(status))) => {
-                    WatchFailed {
-                        resource: &label,
-                        error: &status.message,
-                    }
-                    .emit(&ctx.metrics);
-                    break;
-                }
-                Some(Err(e)) => {
-                    WatchFailed {
-                        resource: &label,
-                        error: &e.to_string(),
-                    }
-                    .emit(&ctx.metrics);
-                    break;
-                }
-            };
-            delay = Duration::from_millis(500);
-            forward(ctx, spec, progress, None, object, kind, observed_at).await?;
-        }
-    }
-}
-
-type EventStream = futures::stream::BoxStream<'static, watcher::Result<Event<RawObject>>>;
-
-/// kube-runtime's watcher with its default backoff; initial lists as streaming lists (one
-/// object per event) or as pages of `page_size`.
-fn list_and_watch(api: &Api<RawObject>, page_size: u32, streaming: bool) -> EventStream {
-    let config = watcher::Config::default().page_size(page_size);
-    let config = if streaming {
-        config.streaming_lists()
-    } else {
-        config
-    };
-    watcher::watcher(api.clone(), config)
-        .default_backoff()
-        .boxed()
-}
-
-/// A server with the WatchList feature gate off refuses `sendInitialEvents` as invalid.
-fn refuses_streaming_lists(e: &watcher::Error) -> bool {
-    matches!(e, watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 422 || s.code == 400)
-}
-
-/// Waits for a list permit, lets every queued change commit, then loads the scope's rows.
-/// `None` when cancelled meanwhile.
+/// Lets every queued change commit, then loads the scope's rows. `None` when cancelled
+/// meanwhile.
 async fn start_list(
     ctx: &WatchContext,
     scope: &Scope,
     cancel: &CancellationToken,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> Result<Option<ListInProgress>, LanesClosed> {
-    let permit = tokio::select! {
-        _ = cancel.cancelled() => return Ok(None),
-        p = ctx.list_permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return Ok(None) },
-    };
     // Rows of changes still queued must be in the table before we read it, or a delete the
     // list reveals could be missed (the row would appear after the snapshot).
     ctx.lanes.barrier().await?;
@@ -597,35 +650,21 @@ async fn start_list(
     }
 }
 
-/// A short reason for the relists metric, and whether the kind is unavailable on the server.
-fn classify(e: &watcher::Error) -> (&'static str, bool) {
-    let api_code = match e {
-        watcher::Error::InitialListFailed(kube::Error::Api(s))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
-        watcher::Error::WatchError(s) => Some(s.code),
-        _ => None,
-    };
-    match api_code {
-        Some(410) => ("expired", false),
-        Some(404) => ("not_found", true),
-        Some(403) => ("forbidden", true),
-        Some(_) => ("api_error", false),
-        None => ("connection", false),
-    }
-}
-
-/// Marks every live row of `scope` deleted, in order with anything still queued for those
-/// objects (tombstones go through the objects' lanes after a barrier).
+/// Marks the live rows of `scope` deleted (those not newer than `not_newer_than`, the
+/// resourceVersion at which the kind was seen gone), in order with anything still queued for
+/// those objects (tombstones go through the objects' lanes after a barrier). Its resume point
+/// is dropped: a later watch of the scope lists, and that list repairs any row marked here
+/// whose object is in fact alive. Takes no list permit: it lists nothing from the server.
 pub async fn sweep_scope(
     ctx: &WatchContext,
     scope: &Scope,
+    not_newer_than: Option<i64>,
     cancel: &CancellationToken,
 ) -> Result<(), LanesClosed> {
-    let Some(list) = start_list(ctx, scope, cancel).await? else {
+    let Some(list) = start_list(ctx, scope, cancel, None).await? else {
         return Ok(());
     };
-    let gone = send_tombstones(ctx, list.snapshot, Utc::now()).await?;
+    let gone = send_tombstones(ctx, list.snapshot, Utc::now(), not_newer_than).await?;
     ListCompleted {
         resource: &scope.plural,
         namespace: scope.namespace.as_deref().unwrap_or(""),
@@ -634,6 +673,11 @@ pub async fn sweep_scope(
         gone,
     }
     .emit(&ctx.metrics);
+    if let Err(e) =
+        resume::forget_kind(&ctx.db.pool, &ctx.cluster, &scope.group, &scope.plural).await
+    {
+        warn!(group = %scope.group, plural = %scope.plural, error = %e, "resume points of a swept kind not dropped; a restart may resume instead of listing");
+    }
     Ok(())
 }
 
@@ -642,41 +686,69 @@ async fn send_tombstones(
     ctx: &WatchContext,
     snapshot: ScopeSnapshot,
     at: chrono::DateTime<Utc>,
+    not_newer_than: Option<i64>,
 ) -> Result<u64, LanesClosed> {
     let mut gone = 0u64;
     for uid in snapshot.into_missing() {
         gone += 1;
         let g = global_uid(&ctx.cluster, &uid);
-        ctx.lanes.send_tombstone(&uid, g, at).await?;
+        ctx.lanes
+            .send_tombstone(&uid, g, at, not_newer_than)
+            .await?;
     }
     Ok(gone)
 }
 
-/// A live (not listed) change: it moves the resume point, goes to the manager when this is
-/// the CRD watch, and to its lane. (Live changes arrive in resourceVersion order.)
-async fn forward(
-    ctx: &WatchContext,
-    spec: &WatchSpec,
-    progress: &mut Progress,
-    crd_events: Option<&mpsc::Sender<CrdEvent>>,
-    object: RawObject,
-    kind: EventKind,
-    observed_at: chrono::DateTime<Utc>,
-) -> Result<(), LanesClosed> {
-    progress.seen(object.resource_version_number());
-    if let Some(tx) = crd_events {
-        let event = match kind {
-            EventKind::Apply => CrdEvent::Applied(object.clone()),
-            EventKind::Delete => CrdEvent::Deleted(object.clone()),
-        };
-        let _ = tx.send(event).await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_reports_what_was_read_since_the_last_one() {
+        let mut p = Progress::new("k".into());
+        assert_eq!(p.plan(true), None, "nothing read, nothing to do");
+        p.seen(Some(10), 100.0);
+        assert_eq!(
+            p.plan(true),
+            Some(CheckpointPlan {
+                store: Some(10),
+                report: Some((100.0, Some(10)))
+            })
+        );
+        // Without resume points the lag is still reported.
+        assert_eq!(
+            p.plan(false),
+            Some(CheckpointPlan {
+                store: None,
+                report: Some((100.0, Some(10)))
+            })
+        );
+        p.committed = Some(10);
+        p.reported_at = Some(100.0);
+        assert_eq!(p.plan(true), None, "already reported");
+        // A bookmark at the same resourceVersion: nothing new to store, but the scope is
+        // known complete up to a later time.
+        p.seen(Some(10), 130.0);
+        assert_eq!(
+            p.plan(true),
+            Some(CheckpointPlan {
+                store: None,
+                report: Some((130.0, Some(10)))
+            })
+        );
+        // An event with a non-integer resourceVersion still counts as read.
+        p.reported_at = Some(130.0);
+        p.seen(None, 140.0);
+        assert_eq!(
+            p.plan(false),
+            Some(CheckpointPlan {
+                store: None,
+                report: Some((140.0, Some(10)))
+            })
+        );
+        // Time never goes back (a late step with an older clock reading).
+        p.seen(Some(11), 120.0);
+        assert_eq!(p.queued_at, Some(140.0));
+        assert_eq!(p.queued, Some(11));
     }
-    ctx.lanes
-        .send_event(WatchedEvent {
-            object,
-            route: spec.route.clone(),
-            kind,
-            observed_at,
-        })
-        .await
 }

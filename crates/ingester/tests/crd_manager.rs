@@ -5,39 +5,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use serde_json::{json, Value};
-
-fn crd(
-    group: &str,
-    plural: &str,
-    kind: &str,
-    versions: &[(&str, bool, bool)],
-    scope: &str,
-) -> Value {
-    let versions: Vec<Value> = versions
-        .iter()
-        .map(|(name, served, storage)| {
-            json!({"name": name, "served": served, "storage": storage,
-                   "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}})
-        })
-        .collect();
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": format!("{plural}.{group}")},
-        "spec": {"group": group, "scope": scope,
-                 "names": {"plural": plural, "singular": plural.trim_end_matches('s'), "kind": kind, "listKind": format!("{kind}List")},
-                 "versions": versions}
-    })
-}
-
-fn cr(group: &str, version: &str, kind: &str, ns: Option<&str>, name: &str) -> Value {
-    let mut v = json!({"apiVersion": format!("{group}/{version}"), "kind": kind,
-                       "metadata": {"name": name}, "spec": {"replicas": 1}});
-    if let Some(ns) = ns {
-        v["metadata"]["namespace"] = json!(ns);
-    }
-    v
-}
+use serde_json::json;
 
 fn kubectl(
     h: &Harness,
@@ -70,22 +38,27 @@ fn have_kubectl() -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crd_life_cycle_applied_with_kubectl() -> anyhow::Result<()> {
     if !have_kubectl() {
-        eprintln!("SKIPPED: kubectl not on PATH");
-        return Ok(());
+        return testkit::missing_tool("kubectl (not on PATH)");
     }
     let h = Harness::new().await?;
     let store = h.store();
     store.create(namespace("apps"))?;
     let group = "composition.krateo.io";
     // A custom resource that exists before the ingester starts.
-    store.create(crd(
+    store.create(crd_json(
         group,
         "fireworksapps",
         "FireworksApp",
         &[("v1alpha1", true, true)],
         "Namespaced",
     ))?;
-    let early = store.create(cr(group, "v1alpha1", "FireworksApp", Some("apps"), "early"))?;
+    let early = store.create(cr_json(
+        group,
+        "v1alpha1",
+        "FireworksApp",
+        Some("apps"),
+        "early",
+    ))?;
 
     let ing = h.start_ready(&[]).await?;
     h.wait_row(&uid(&early), "CR created before start", |raw, d| {
@@ -99,7 +72,7 @@ async fn crd_life_cycle_applied_with_kubectl() -> anyhow::Result<()> {
     let file = h.dir.path().join("crd.json");
     std::fs::write(
         &file,
-        serde_json::to_vec(&crd(
+        serde_json::to_vec(&crd_json(
             group,
             "widgetapps",
             "WidgetApp",
@@ -111,7 +84,7 @@ async fn crd_life_cycle_applied_with_kubectl() -> anyhow::Result<()> {
     let file = h.dir.path().join("cr.json");
     std::fs::write(
         &file,
-        serde_json::to_vec(&cr(group, "v1", "WidgetApp", Some("apps"), "w1"))?,
+        serde_json::to_vec(&cr_json(group, "v1", "WidgetApp", Some("apps"), "w1"))?,
     )?;
     // The resource is served as soon as the CRD exists; kubectl may need its discovery refreshed.
     testkit::eventually("kubectl apply of the custom resource", WAIT, || async {
@@ -150,14 +123,14 @@ async fn crd_life_cycle_applied_with_kubectl() -> anyhow::Result<()> {
     .await?;
 
     // Re-created with a new version: new objects land at that version.
-    store.create(crd(
+    store.create(crd_json(
         group,
         "widgetapps",
         "WidgetApp",
         &[("v2", true, true)],
         "Namespaced",
     ))?;
-    let w2 = store.create(cr(group, "v2", "WidgetApp", Some("apps"), "w2"))?;
+    let w2 = store.create(cr_json(group, "v2", "WidgetApp", Some("apps"), "w2"))?;
     h.wait_row(&uid(&w2), "CR of the re-created CRD", |raw, d| {
         !d && raw == &w2
     })
@@ -177,7 +150,7 @@ async fn one_row_per_object_at_the_storage_version_and_switches_without_duplicat
     let store = h.store();
     store.create(namespace("apps"))?;
     let group = "core.krateo.io";
-    let def = store.create(crd(
+    let def = store.create(crd_json(
         group,
         "compositiondefinitions",
         "CompositionDefinition",
@@ -186,7 +159,7 @@ async fn one_row_per_object_at_the_storage_version_and_switches_without_duplicat
     ))?;
     let mut objs = Vec::new();
     for i in 0..5 {
-        objs.push(store.create(cr(
+        objs.push(store.create(cr_json(
             group,
             "v1alpha2",
             "CompositionDefinition",
@@ -217,40 +190,57 @@ async fn unmanaged_groups_are_ignored() -> anyhow::Result<()> {
     let h = Harness::new().await?;
     let store = h.store();
     store.create(namespace("apps"))?;
-    store.create(crd(
+    store.create(crd_json(
         "example.other.io",
         "things",
         "Thing",
         &[("v1", true, true)],
         "Namespaced",
     ))?;
-    store.create(crd(
+    store.create(crd_json(
         "sub.core.krateo.io",
         "subthings",
         "SubThing",
         &[("v1", true, true)],
         "Namespaced",
     ))?;
-    store.create(cr("example.other.io", "v1", "Thing", Some("apps"), "t"))?;
-    store.create(cr(
+    store.create(cr_json(
+        "example.other.io",
+        "v1",
+        "Thing",
+        Some("apps"),
+        "t",
+    ))?;
+    let last_unmanaged = store.create(cr_json(
         "sub.core.krateo.io",
         "v1",
         "SubThing",
         Some("apps"),
         "s",
     ))?;
-    store.create(crd(
+    store.create(crd_json(
         "core.krateo.io",
         "markers",
         "Marker",
         &[("v1", true, true)],
         "Cluster",
     ))?;
-    let marker = store.create(cr("core.krateo.io", "v1", "Marker", None, "m"))?;
-    let _ing = h.start_ready(&[]).await?;
-    // The managed CRD's object landing proves the manager has handled the whole list.
+    let marker = store.create(cr_json("core.krateo.io", "v1", "Marker", None, "m"))?;
+    let _ing = h.start_ready(&[FAST_CHECKPOINTS]).await?;
     h.wait_row(&uid(&marker), "managed cluster-scoped CR", |_, d| !d)
         .await?;
+    // Every custom resource watch (a wrongly started one for Thing or SubThing too) past the
+    // unmanaged objects: had they been let through, they would have rows by now.
+    h.wait_watches_past(
+        &[
+            "example.other.io/",
+            "sub.core.krateo.io/",
+            "core.krateo.io/",
+        ],
+        &rv(&last_unmanaged),
+        &["core.krateo.io/v1/markers/*"],
+    )
+    .await?;
     assert_eq!(h.count("resource_kind IN ('Thing', 'SubThing')").await?, 0);
     assert_eq!(
         h.count("resource_kind = 'Marker' AND namespace = ''")
@@ -280,7 +270,7 @@ async fn two_hundred_crds_at_once() -> anyhow::Result<()> {
         let group = groups[i % groups.len()];
         let plural = format!("kind{i}s");
         let kind = format!("Kind{i}");
-        store.create(crd(
+        store.create(crd_json(
             group,
             &plural,
             &kind,
@@ -288,7 +278,7 @@ async fn two_hundred_crds_at_once() -> anyhow::Result<()> {
             "Namespaced",
         ))?;
         for j in 0..3 {
-            store.create(cr(group, "v1", &kind, Some("bulk"), &format!("o{j}")))?;
+            store.create(cr_json(group, "v1", &kind, Some("bulk"), &format!("o{j}")))?;
         }
     }
     h.wait_count(
@@ -305,5 +295,125 @@ async fn two_hundred_crds_at_once() -> anyhow::Result<()> {
         }
     })
     .await?;
+    Ok(())
+}
+
+/// The lines of `log` after its first `skip` bytes that contain every one of `parts` (the log
+/// may carry colour codes between a field's name and its value, so match parts separately).
+fn lines_with(log: &str, skip: usize, parts: &[&str]) -> usize {
+    log.get(skip..)
+        .unwrap_or("")
+        .lines()
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_switched_back_while_rows_of_the_other_are_queued_lists_again(
+) -> anyhow::Result<()> {
+    // The watched version goes A -> B -> A while B's rows cannot be committed yet (a slow
+    // database; here a row lock). The watch back at A used to decide whether to resume from
+    // A's stored point before B's queued rows were in the table: it saw every row at A,
+    // resumed, and B's rows landed afterwards and stayed at B (seed 23 of converge_seeds,
+    // which CI hit now and then). The manager now lets a stopped watch's changes commit
+    // before the CRD's next watch starts.
+    let h = Harness::new().await?;
+    let store = h.store();
+    store.create(namespace("apps"))?;
+    let group = "core.krateo.io";
+    let (a, b) = ("v1alpha2", "v1alpha1");
+    let def = store.create(crd_json(
+        group,
+        "compositiondefinitions",
+        "CompositionDefinition",
+        &[(b, true, false), (a, true, true)],
+        "Namespaced",
+    ))?;
+    let obj = store.create(cr_json(
+        group,
+        a,
+        "CompositionDefinition",
+        Some("apps"),
+        "d0",
+    ))?;
+    let ing = h.start_ready(&[FAST_CHECKPOINTS]).await?;
+    let a_scope = format!("{group}/{a}/compositiondefinitions/*");
+    h.wait_watches_past(&[], "0", &[&a_scope]).await?;
+    let at = |v: &'static str| {
+        move |raw: &serde_json::Value, deleted: bool| {
+            !deleted && raw["apiVersion"] == format!("core.krateo.io/{v}")
+        }
+    };
+    h.wait_row(&uid(&obj), "the row at A", at(a)).await?;
+
+    // Hold the row: B's rewrite of it waits in its lane.
+    let mut locker = h.db.client().await?;
+    let lock = locker.transaction().await?;
+    lock.execute(
+        "SELECT 1 FROM krateo_resources WHERE global_uid = $1 FOR UPDATE",
+        &[&format!("{CLUSTER}:{}", uid(&obj))],
+    )
+    .await?;
+    let switch_storage = |def: &serde_json::Value, to_b: bool| {
+        let mut def = def.clone();
+        def["spec"]["versions"][0]["storage"] = json!(to_b);
+        def["spec"]["versions"][1]["storage"] = json!(!to_b);
+        def
+    };
+    let def = store.update(switch_storage(&def, true))?;
+    testkit::eventually(
+        "B's rewrite of the row waiting for the lock",
+        WAIT,
+        || async {
+            let c = h.db.client().await.map_err(|e| e.to_string())?;
+            let waiting: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            Ok((waiting > 0).then_some(()))
+        },
+    )
+    .await?;
+
+    // Back to A while B's row is still queued. Wait until the watch at A has decided (the
+    // code before the fix resumed from A's point) or the manager says it waits for B's rows
+    // (the fix), then let the row go.
+    let skip = ing.log().len();
+    store.update(switch_storage(&def, false))?;
+    let a_route = format!("{group}/{a}/");
+    testkit::eventually(
+        "the watch at A decided, or waits for B's rows",
+        WAIT,
+        || async {
+            let log = ing.log();
+            let resumed = lines_with(
+                &log,
+                skip,
+                &["resuming watch from the stored resume point", &a_route],
+            );
+            let waits = lines_with(
+                &log,
+                skip,
+                &["waiting for the stopped watch's changes to be committed"],
+            );
+            Ok((resumed + waits > 0).then_some(()))
+        },
+    )
+    .await?;
+    lock.rollback().await?;
+
+    h.wait_row(&uid(&obj), "the row back at A", at(a))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\ningester log:\n{}", ing.log()))?;
+    assert_eq!(
+        h.count("resource_kind = 'CompositionDefinition'").await?,
+        1,
+        "one row per object"
+    );
     Ok(())
 }

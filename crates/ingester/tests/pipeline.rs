@@ -110,22 +110,33 @@ mod chrono_like {
 async fn namespaces_restrict_namespaced_kinds_only() -> anyhow::Result<()> {
     let h = Harness::new().await?;
     let store = h.store();
-    for ns in ["a", "b", "c"] {
+    for ns in ["b", "a", "c"] {
         store.create(namespace(ns))?;
-        store.create(pod(ns, &format!("p-{ns}")))?;
     }
-    let _ing = h.start_ready(&[("NAMESPACES", "a,c")]).await?;
+    // The pod in b first: the pods in a and c after it are the markers.
+    let filtered = store.create(pod("b", "p-b"))?;
+    store.create(pod("a", "p-a"))?;
+    store.create(pod("c", "p-c"))?;
+    let _ing = h
+        .start_ready(&[("NAMESPACES", "a,c"), FAST_CHECKPOINTS])
+        .await?;
     h.wait_count("resource_plural = 'pods'", 2).await?;
+    h.wait_count("resource_plural = 'namespaces'", 4).await?; // a, b, c and kube-system
+    let pods_watched = ["/v1/pods/a", "/v1/pods/c"];
+    h.wait_watches_past(&["/v1/pods/"], &rv(&filtered), &pods_watched)
+        .await?;
     assert_eq!(
         h.count("resource_plural = 'pods' AND namespace = 'b'")
             .await?,
         0
     );
-    h.wait_count("resource_plural = 'namespaces'", 3).await?;
     // Live changes respect the restriction too.
-    store.create(pod("b", "late-b"))?;
+    let filtered = store.create(pod("b", "late-b"))?;
     let late = store.create(pod("a", "late-a"))?;
+    store.create(pod("c", "late-c"))?;
     h.wait_row(&uid(&late), "late pod in a", |_, d| !d).await?;
+    h.wait_watches_past(&["/v1/pods/"], &rv(&filtered), &pods_watched)
+        .await?;
     assert_eq!(
         h.count("resource_plural = 'pods' AND namespace = 'b'")
             .await?,
@@ -196,7 +207,11 @@ async fn bad_objects_are_sanitised_and_the_rest_of_the_batch_lands() -> anyhow::
         )
         .await?
         .get(0);
-    assert_eq!(cid, None);
+    assert_eq!(
+        cid.map(|c| c.to_string()),
+        Some(uid(&labelled)),
+        "an invalid label falls back to the object's own UID"
+    );
     let m = ing.metrics().await.map_err(anyhow::Error::msg)?;
     assert!(
         testkit::process::metric_value(
@@ -307,9 +322,19 @@ async fn readiness_follows_the_database() -> anyhow::Result<()> {
     let target = format!("{}:{}", h.db.server.host, h.db.server.port).parse()?;
     let proxy = testkit::proxy::TcpProxy::start(target).await?;
     let port = proxy.port.to_string();
+    // One lane: the second change always meets a lane that is retrying against the cut
+    // database (with several lanes that happens only when both objects hash to one lane).
     let ing = h
-        .start_ready(&[("DB_PORT", &port), ("DB_HOST", "127.0.0.1")])
+        .start_ready(&[
+            ("DB_PORT", &port),
+            ("DB_HOST", "127.0.0.1"),
+            ("WORKERS", "1"),
+        ])
         .await?;
+    let metric = |name: &'static str| {
+        let ing = &ing;
+        async move { ing.metric(name).await.unwrap_or(0.0) }
+    };
     proxy.cut();
     testkit::eventually(
         "readyz 503 while the database is unreachable",
@@ -317,21 +342,40 @@ async fn readiness_follows_the_database() -> anyhow::Result<()> {
         || async { Ok((ing.readyz().await? == 503).then_some(())) },
     )
     .await?;
-    // Changes made while the database is away are not lost.
-    store.create(namespace("while-down"))?;
+    // Changes made while the database is away are not lost. Delivered = processed by the lane
+    // or waiting in its queue: a lane retrying a batch takes nothing new from its queue.
+    let delivered = || async {
+        metric("workerpool_events_processed_total").await + metric("ingester_queue_depth").await
+    };
+    let before = delivered().await;
+    let failures = metric("ingester_write_failures_total").await;
+    let ns = store.create(namespace("while-down"))?;
+    testkit::eventually(
+        "the lane to retry a batch against the cut database",
+        WAIT,
+        || async { Ok((metric("ingester_write_failures_total").await > failures).then_some(())) },
+    )
+    .await?;
     let p = store.create(pod("while-down", "p"))?;
-    tokio::time::sleep(Duration::from_millis(500)).await; // let the watch deliver while the db is cut
+    testkit::eventually(
+        "the watches to deliver both changes while the database is cut",
+        WAIT,
+        || async { Ok((delivered().await >= before + 2.0).then_some(())) },
+    )
+    .await?;
     proxy.restore();
     testkit::eventually("readyz 200 after the database is back", WAIT, || async {
         Ok((ing.readyz().await? == 200).then_some(()))
     })
     .await?;
-    h.wait_row(
-        &uid(&p),
-        "pod created while the database was down",
-        |raw, _| raw == &p,
-    )
-    .await?;
+    for (obj, what) in [(&ns, "namespace"), (&p, "pod")] {
+        h.wait_row(
+            &uid(obj),
+            &format!("{what} created while the database was down"),
+            |raw, _| raw == obj,
+        )
+        .await?;
+    }
     Ok(())
 }
 

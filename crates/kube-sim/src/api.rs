@@ -1,10 +1,11 @@
 //! HTTP routing and handlers: discovery, the resource verbs, authentication, fault injection.
 
 use crate::error::ApiError;
+use crate::faults::{FaultSet, ReplicaPick};
 use crate::patch;
 use crate::resources::ResourceDef;
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::store::{ListQuery, Obj, Store};
+use crate::store::{is_too_large, ListQuery, ListResult, Obj, Store};
 use crate::watch::{self, WatchQuery};
 use axum::body::Body;
 use bytes::Bytes;
@@ -74,7 +75,12 @@ pub(crate) async fn handle(state: Arc<AppState>, req: Request<Body>) -> Response
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let query = parse_query(req.uri().query());
     match segs.as_slice() {
-        ["_sim", rest @ ..] => return sim(&state, req.method(), rest, &query),
+        ["_sim", rest @ ..] => {
+            let method = req.method().clone();
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+            return sim(&state, req, &method, &rest, &query).await;
+        }
         ["healthz"] | ["livez"] | ["readyz"] => return json_bytes(200, "ok"),
         _ => {}
     }
@@ -93,7 +99,7 @@ pub(crate) async fn handle(state: Arc<AppState>, req: Request<Body>) -> Response
             return error(&ApiError::unauthorized());
         }
     }
-    let delay = state.store.delay();
+    let delay = state.store.delay(&path);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
@@ -120,7 +126,25 @@ pub(crate) async fn handle(state: Arc<AppState>, req: Request<Body>) -> Response
                 [{"clientCIDR": "0.0.0.0/0", "serverAddress": state.server_address}]}),
         ),
         ["api", "v1"] if get => found(registry.api_resource_list("", "v1")),
-        ["apis"] if get => json_value(200, &registry.api_group_list()),
+        ["apis"] if get => {
+            let mut list = registry.api_group_list();
+            if let Some(groups) = list["groups"].as_array_mut() {
+                groups.push(crate::authz::api_group());
+            }
+            json_value(200, &list)
+        }
+        ["apis", crate::authz::GROUP] if get => json_value(200, &crate::authz::api_group()),
+        ["apis", crate::authz::GROUP, "v1"] if get => {
+            json_value(200, &crate::authz::api_resource_list())
+        }
+        ["apis", crate::authz::GROUP, "v1", "selfsubjectaccessreviews"]
+            if req.method() == Method::POST =>
+        {
+            match access_review(&state, req).await {
+                Ok(v) => json_value(201, &v),
+                Err(e) => error(&e),
+            }
+        }
         ["apis", g] if get => found(registry.api_group(g)),
         ["apis", g, v] if get => found(registry.api_resource_list(g, v)),
         ["openapi", "v3"] if get => json_value(200, &crate::openapi::root(&registry)),
@@ -137,47 +161,172 @@ pub(crate) async fn handle(state: Arc<AppState>, req: Request<Body>) -> Response
     }
 }
 
-fn sim(
+/// `POST .../selfsubjectaccessreviews`: the review, answered from the deny list.
+async fn access_review(state: &AppState, req: Request<Body>) -> Result<Value, ApiError> {
+    let (h, body) = read_body(req).await?;
+    let v = decode_body(&content_type(&h), &body)?;
+    crate::authz::review(v, &state.store.denies())
+}
+
+/// The verb of a resource request, as authorization names it.
+fn request_verb(method: &Method, named: bool, watch: bool) -> &'static str {
+    match (method, named) {
+        (_, _) if watch => "watch",
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+/// Reads a `/_sim` query parameter; Err(400) names the parameter when it is missing or wrong.
+fn sim_param<T: std::str::FromStr>(
+    q: &HashMap<String, String>,
+    key: &str,
+    endpoint: &str,
+) -> Result<T, ApiError> {
+    q.get(key)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ApiError::bad_request(format!("{endpoint} needs ?{key}=")))
+}
+
+fn replicas_from_query(q: &HashMap<String, String>) -> Result<(Vec<u64>, ReplicaPick), ApiError> {
+    let lags = q
+        .get("lags")
+        .map(String::as_str)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.trim().parse::<u64>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ApiError::bad_request("replicas needs ?lags=N,N,... (events behind)"))?;
+    let pick = match q.get("pick").map(String::as_str) {
+        None | Some("round-robin") => ReplicaPick::RoundRobin,
+        Some("random") => ReplicaPick::Random {
+            seed: sim_param(q, "seed", "random replica choice")?,
+        },
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "pick is round-robin or random, not {other}"
+            )))
+        }
+    };
+    Ok((lags, pick))
+}
+
+async fn sim(
     state: &AppState,
+    req: Request<Body>,
     method: &Method,
     rest: &[&str],
     q: &HashMap<String, String>,
 ) -> Response<Body> {
+    match sim_inner(state, req, method, rest, q).await {
+        Ok(v) => json_value(200, &v),
+        Err(e) => error(&e),
+    }
+}
+
+async fn sim_inner(
+    state: &AppState,
+    req: Request<Body>,
+    method: &Method,
+    rest: &[&str],
+    q: &HashMap<String, String>,
+) -> Result<Value, ApiError> {
     let store = &state.store;
-    let num = |k: &str| q.get(k).and_then(|v| v.parse::<u64>().ok());
-    match (method, rest) {
+    let ms = |endpoint: &str| sim_param::<u64>(q, "ms", endpoint).map(Duration::from_millis);
+    Ok(match (method, rest) {
         (&Method::POST, ["drop-watches"]) => {
             let open = store.stats().open_watches;
             store.drop_watches();
-            json_value(200, &json!({"dropped": open}))
+            json!({"dropped": open})
         }
         (&Method::POST, ["compact"]) => {
             store.compact();
-            json_value(
-                200,
-                &json!({"compactedResourceVersion": store.resource_version()}),
-            )
+            json!({"compactedResourceVersion": store.resource_version()})
         }
-        (&Method::POST, ["fail"]) => match num("count") {
-            Some(n) => {
-                store.fail_next(n);
-                json_value(200, &json!({"failNext": n}))
-            }
-            None => error(&ApiError::bad_request("fail needs ?count=N")),
-        },
-        (&Method::POST, ["delay"]) => match num("ms") {
-            Some(ms) => {
-                store.set_delay(ms);
-                json_value(200, &json!({"delayMs": ms}))
-            }
-            None => error(&ApiError::bad_request("delay needs ?ms=N")),
-        },
-        (&Method::GET, ["stats"]) => json_value(
-            200,
-            &serde_json::to_value(store.stats()).unwrap_or_default(),
-        ),
-        _ => error(&ApiError::no_resource()),
-    }
+        (&Method::POST, ["fail"]) => {
+            let n = sim_param(q, "count", "fail")?;
+            store.fail_next(n);
+            json!({"failNext": n})
+        }
+        (&Method::POST, ["delay"]) => {
+            let n = sim_param(q, "ms", "delay")?;
+            store.set_delay(n);
+            json!({"delayMs": n})
+        }
+        (&Method::POST, ["watch-cache-lag"]) => {
+            store.set_watch_cache_lag(sim_param(q, "events", "watch-cache-lag")?);
+            faults_json(store)
+        }
+        (&Method::POST, ["replicas"]) => {
+            let (lags, pick) = replicas_from_query(q)?;
+            store.set_replicas(&lags, pick);
+            faults_json(store)
+        }
+        (&Method::POST, ["freshness-wait"]) => {
+            store.set_freshness_wait(ms("freshness-wait")?);
+            faults_json(store)
+        }
+        (&Method::POST, ["watch-replay"]) => {
+            store.set_watch_replay(sim_param(q, "events", "watch-replay")?);
+            faults_json(store)
+        }
+        (&Method::POST, ["bookmark-delay"]) => {
+            store.set_bookmark_delay(ms("bookmark-delay")?);
+            faults_json(store)
+        }
+        (&Method::POST, ["list-stall"]) => {
+            store.set_list_stall(ms("list-stall")?);
+            faults_json(store)
+        }
+        (&Method::POST, ["stuck-watches"]) => {
+            store.set_stuck_watches(sim_param(q, "on", "stuck-watches")?);
+            faults_json(store)
+        }
+        (&Method::POST, ["deny"]) => {
+            let param = |k: &str| {
+                q.get(k)
+                    .cloned()
+                    .ok_or_else(|| ApiError::bad_request(format!("deny needs ?{k}= (* for all)")))
+            };
+            store.deny(crate::authz::DenyRule {
+                verb: param("verb")?,
+                group: q.get("group").cloned().unwrap_or_default(),
+                resource: param("resource")?,
+                namespace: q.get("namespace").filter(|n| !n.is_empty()).cloned(),
+            });
+            json!({"denies": store.denies()})
+        }
+        (&Method::GET, ["deny"]) => json!({"denies": store.denies()}),
+        (&Method::DELETE, ["deny"]) => {
+            store.clear_denies();
+            json!({"denies": store.denies()})
+        }
+        (&Method::GET, ["faults"]) => faults_json(store),
+        (&Method::PUT, ["faults"]) => {
+            let (_, body) = read_body(req).await?;
+            let set: FaultSet = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("a FaultSet JSON object: {e}")))?;
+            store.set_faults(&set);
+            faults_json(store)
+        }
+        (&Method::DELETE, ["faults"]) => {
+            store.clear_faults();
+            faults_json(store)
+        }
+        (&Method::GET, ["stats"]) => serde_json::to_value(store.stats()).unwrap_or_default(),
+        _ => return Err(ApiError::no_resource()),
+    })
+}
+
+fn faults_json(store: &Store) -> Value {
+    serde_json::to_value(store.faults()).unwrap_or_default()
 }
 
 /// Parsed resource path.
@@ -215,7 +364,12 @@ fn route(
     }
     let sub = parts.get(2).map(|s| s.to_string());
     if let Some(s) = &sub {
-        if !matches!(s.as_str(), "status" | "finalize") {
+        let served = match s.as_str() {
+            "status" | "finalize" => true,
+            "scale" => def.has_scale(),
+            _ => false,
+        };
+        if !served {
             return Err(ApiError::no_resource());
         }
     }
@@ -252,7 +406,9 @@ fn content_type(h: &HeaderMap) -> String {
 }
 
 fn decode_body(ct: &str, body: &[u8]) -> Result<Value, ApiError> {
-    let v: Value = if ct.contains("yaml") {
+    let v: Value = if ct == crate::protobuf::MEDIA_TYPE {
+        crate::protobuf::decode_object(body)?
+    } else if ct.contains("yaml") {
         serde_yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("invalid YAML: {e}")))?
     } else {
@@ -306,11 +462,27 @@ async fn resource_inner(
     };
     let status_only = t.sub.as_deref() == Some("status");
     let method = req.method().clone();
+    let attributes = crate::authz::Attributes {
+        verb: request_verb(
+            &method,
+            t.name.is_some() && !legacy_watch,
+            legacy_watch || flag(q, "watch"),
+        ),
+        group: &def.group,
+        resource: &def.plural,
+        namespace: t.ns.as_deref(),
+    };
+    if crate::authz::denied_by(&store.denies(), &attributes).is_some() {
+        return Err(crate::authz::forbidden(&attributes));
+    }
     let table = req
         .headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("as=Table"));
+    if let (Some("scale"), Some(name)) = (t.sub.as_deref(), &t.name) {
+        return scale(store, &def, &ns_key, name, req).await;
+    }
     match (method, &t.name) {
         (Method::GET, Some(name)) if !legacy_watch && !flag(q, "watch") => {
             let o = store
@@ -352,10 +524,13 @@ async fn resource_inner(
                         .and_then(|v| v.parse::<u64>().ok())
                         .map(Duration::from_secs),
                 };
+                let replica = store.pick_replica();
+                tracing::debug!(resource = %def.plural, replica = replica.index, lag = replica.lag, "watch");
                 let rx = watch::start(
                     store,
                     def,
                     wq,
+                    replica,
                     state.bookmark_interval,
                     state.shutdown.clone(),
                 )?;
@@ -369,6 +544,8 @@ async fn resource_inner(
                     .body(body)
                     .unwrap_or_default());
             }
+            let replica = store.pick_replica();
+            tracing::debug!(resource = %def.plural, replica = replica.index, lag = replica.lag, "list");
             let lq = ListQuery {
                 ns: t.ns.clone(),
                 labels,
@@ -377,12 +554,26 @@ async fn resource_inner(
                 cont: q.get("continue").filter(|c| !c.is_empty()).cloned(),
                 rv: q.get("resourceVersion").cloned(),
                 rv_match: q.get("resourceVersionMatch").cloned(),
+                lag: replica.lag,
             };
-            let r = store.list_in(&def, &lq)?;
+            let faults = store.read_faults();
+            // a paged list stalls between pages, a whole list half-way through its body
+            let stall = faults.list_stall;
+            if lq.cont.is_some() && !stall.is_zero() {
+                tokio::time::sleep(stall).await;
+            }
+            let r = list_when_fresh(store, &def, &lq, faults.freshness_wait).await?;
             if table {
                 return Ok(crate::table::table(&def, &r.items, r.rv, r.cont));
             }
-            Ok(list_response(&def, &r.items, r.rv, r.cont.as_deref()))
+            let body_stall = if lq.limit == 0 { stall } else { Duration::ZERO };
+            Ok(list_response(
+                &def,
+                &r.items,
+                r.rv,
+                r.cont.as_deref(),
+                body_stall,
+            ))
         }
         (Method::POST, None) => {
             let (h, body) = read_body(req).await?;
@@ -421,20 +612,7 @@ async fn resource_inner(
                         return Err(ApiError::not_found(&def.group, &def.plural, &name2))
                     }
                 };
-                match ct.as_str() {
-                    "application/merge-patch+json" => patch::merge_patch(&mut cur, &p),
-                    "application/strategic-merge-patch+json" | "application/apply-patch+yaml" => {
-                        patch::strategic_merge(&mut cur, &p)
-                    }
-                    "application/json-patch+json" => patch::json_patch(&mut cur, &p)?,
-                    other => {
-                        return Err(ApiError::new(
-                            415,
-                            "UnsupportedMediaType",
-                            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other})"),
-                        ))
-                    }
-                }
+                apply_patch(&ct, &mut cur, &p)?;
                 if !exists && def.namespaced {
                     cur["metadata"]["namespace"] = ns_path.clone().into();
                 }
@@ -469,10 +647,145 @@ async fn resource_inner(
                 &deleted,
                 store.resource_version(),
                 None,
+                Duration::ZERO,
             ))
         }
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+/// A patch of any of the patch media types, applied to `cur`.
+fn apply_patch(ct: &str, cur: &mut Value, p: &Value) -> Result<(), ApiError> {
+    match ct {
+        "application/merge-patch+json" => patch::merge_patch(cur, p),
+        "application/strategic-merge-patch+json" | "application/apply-patch+yaml" => {
+            patch::strategic_merge(cur, p)
+        }
+        "application/json-patch+json" => patch::json_patch(cur, p)?,
+        other => {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other})"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// A list from the serving replica; one asking for a revision that replica's watch cache has
+/// not reached waits for it up to `wait`, then gets 504 "Too large resource version".
+async fn list_when_fresh(
+    store: &Store,
+    def: &ResourceDef,
+    lq: &ListQuery,
+    wait: Duration,
+) -> Result<ListResult, ApiError> {
+    let mut rv_rx = store.shared.rv_tx.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        rv_rx.borrow_and_update();
+        match store.list_in(def, lq) {
+            Err(e) if is_too_large(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = rv_rx.changed() => {}
+                }
+            }
+            r => return r,
+        }
+    }
+}
+
+/// An autoscaling/v1 Scale of a workload.
+fn scale_of(o: &Value) -> Value {
+    let meta = &o["metadata"];
+    let selector: Vec<String> = o["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"],
+            "creationTimestamp": meta["creationTimestamp"]},
+        // 1 is the API's default for workloads (kube-sim stores objects without defaulting)
+        "spec": {"replicas": o["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": o["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": selector.join(",")},
+    })
+}
+
+/// A write to `/scale`: a whole Scale (PUT) or a patch of one (content type, patch).
+enum ScaleWrite {
+    Replace(Value),
+    Patch(String, Value),
+}
+
+/// `/scale` of deployments, replicasets and statefulsets: GET reads spec.replicas, PUT and
+/// PATCH (of the Scale) write it.
+async fn scale(
+    store: &Store,
+    def: &Arc<ResourceDef>,
+    ns: &str,
+    name: &str,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let method = req.method().clone();
+    let current = || {
+        store
+            .get_in(def, ns, name)
+            .ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))
+    };
+    let write = match method {
+        Method::GET => return Ok(json_value(200, &scale_of(&current()?.to_value()))),
+        Method::PUT => {
+            let (h, body) = read_body(req).await?;
+            ScaleWrite::Replace(decode_body(&content_type(&h), &body)?)
+        }
+        Method::PATCH => {
+            let (h, body) = read_body(req).await?;
+            let ct = content_type(&h);
+            let patch = decode_body(&ct, &body)?;
+            ScaleWrite::Patch(ct, patch)
+        }
+        _ => return Err(ApiError::method_not_allowed()),
+    };
+    let (o, _) = store.modify_in(def, ns, name, false, |cur| {
+        let mut cur = cur.ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))?;
+        let mut scale = scale_of(&cur);
+        match &write {
+            ScaleWrite::Replace(new) => {
+                let want = new["metadata"]["resourceVersion"].as_str().unwrap_or("");
+                if !want.is_empty() && Some(want) != scale["metadata"]["resourceVersion"].as_str() {
+                    return Err(ApiError::conflict(&def.group, &def.plural, name));
+                }
+                scale["spec"] = new["spec"].clone();
+            }
+            ScaleWrite::Patch(ct, patch) => apply_patch(ct, &mut scale, patch)?,
+        }
+        // ScaleSpec.replicas is an `omitempty` int32: absent means 0 (kubectl sends {} for 0)
+        let replicas = match &scale["spec"]["replicas"] {
+            Value::Null => Some(0),
+            v => v.as_i64(),
+        };
+        let replicas = replicas.ok_or_else(|| {
+            ApiError::invalid(
+                "autoscaling",
+                "Scale",
+                name,
+                "spec.replicas",
+                "Required value: replicas must be a number",
+            )
+        })?;
+        cur["spec"]["replicas"] = replicas.into();
+        Ok(cur)
+    })?;
+    Ok(json_value(200, &scale_of(&o.to_value())))
 }
 
 fn o_rv(store: &Store) -> u64 {
@@ -487,6 +800,7 @@ pub(crate) fn list_response(
     items: &[Arc<Obj>],
     rv: u64,
     cont: Option<&str>,
+    stall: Duration,
 ) -> Response<Body> {
     let av = def.api_version();
     let mut head = Vec::with_capacity(256);
@@ -506,7 +820,7 @@ pub(crate) fn list_response(
     head.extend_from_slice(b"},\"items\":[");
     const CHUNK_BYTES: usize = 1 << 20;
     let total: usize = items.iter().map(|o| o.body.len() + 64).sum();
-    if total < CHUNK_BYTES {
+    if total < CHUNK_BYTES && stall.is_zero() {
         for (i, o) in items.iter().enumerate() {
             if i > 0 {
                 head.push(b',');
@@ -516,28 +830,38 @@ pub(crate) fn list_response(
         head.extend_from_slice(b"]}");
         return json_bytes(200, head);
     }
+    let items_len = items.len();
     let items: Arc<[Arc<Obj>]> = items.into();
-    let chunks = futures::stream::unfold(0usize, move |i| {
-        let items = items.clone();
-        let av = av.clone();
-        async move {
-            if i >= items.len() {
-                return None;
-            }
-            let mut out = Vec::with_capacity(CHUNK_BYTES + 16 * 1024);
-            let mut j = i;
-            while j < items.len() && out.len() < CHUNK_BYTES {
-                if j > 0 {
-                    out.push(b',');
+    // Items [from, to) in ~1 MiB chunks; a comma before every item but the list's first.
+    let chunks = move |from: usize, to: usize| {
+        let (items, av) = (items.clone(), av.clone());
+        futures::stream::unfold(from, move |i| {
+            let items = items.clone();
+            let av = av.clone();
+            async move {
+                if i >= to {
+                    return None;
                 }
-                items[j].render_into(&mut out, Some(&av));
-                j += 1;
+                let mut out = Vec::with_capacity(CHUNK_BYTES + 16 * 1024);
+                let mut j = i;
+                while j < to && out.len() < CHUNK_BYTES {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    items[j].render_into(&mut out, Some(&av));
+                    j += 1;
+                }
+                Some((Ok::<_, std::io::Error>(Bytes::from(out)), j))
             }
-            Some((Ok::<_, std::io::Error>(Bytes::from(out)), j))
-        }
-    });
+        })
+    };
+    let (len, half) = (items_len, items_len / 2);
+    let pause = futures::stream::once(tokio::time::sleep(stall))
+        .filter_map(|()| async { None::<Result<Bytes, std::io::Error>> });
     let body = futures::stream::once(async move { Ok(Bytes::from(head)) })
-        .chain(chunks)
+        .chain(chunks(0, half))
+        .chain(pause)
+        .chain(chunks(half, len))
         .chain(futures::stream::once(async {
             Ok(Bytes::from_static(b"]}"))
         }));

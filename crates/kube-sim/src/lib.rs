@@ -4,11 +4,15 @@
 //! [`KubeSim::kubeconfig_yaml`], and drive objects either over REST or through [`Store`].
 
 mod api;
+pub mod authz;
 pub mod bench;
+mod compression;
 pub mod error;
+pub mod faults;
 pub mod load;
 mod openapi;
 pub mod patch;
+mod protobuf;
 pub mod resources;
 pub mod selector;
 mod store;
@@ -17,7 +21,9 @@ mod tls;
 mod watch;
 pub mod workload;
 
+pub use authz::DenyRule;
 pub use error::ApiError;
+pub use faults::{FaultSet, ReplicaPick};
 pub use store::{Stats, Store};
 
 use anyhow::Context;
@@ -45,6 +51,9 @@ pub struct SimConfig {
     /// Serve streaming lists (`sendInitialEvents`); `false` answers them with 422 Invalid, as a
     /// server with the WatchList feature gate off does (Kubernetes 1.33 by default).
     pub watch_list: bool,
+    /// Create namespace `kube-system` (a uid of its own per server) at start, as every real
+    /// cluster has it. Off only for tests that count revisions from 1.
+    pub system_namespace: bool,
 }
 
 impl Default for SimConfig {
@@ -55,6 +64,7 @@ impl Default for SimConfig {
             bookmark_interval: Duration::from_secs(1),
             tls: false,
             watch_list: true,
+            system_namespace: true,
         }
     }
 }
@@ -75,6 +85,9 @@ impl KubeSim {
 
     /// Starts serving an existing store (e.g. one preloaded before the port opens).
     pub async fn start_with_store(cfg: SimConfig, store: Store) -> anyhow::Result<KubeSim> {
+        if cfg.system_namespace {
+            ensure_system_namespace(&store)?;
+        }
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
@@ -206,6 +219,19 @@ impl KubeSim {
         self.store.clone()
     }
 
+    /// Denies requests matching `rule` from now on: 403 Forbidden, and `allowed: false` in
+    /// access reviews (see [`authz`]).
+    pub fn deny(&self, rule: DenyRule) {
+        self.store.deny(rule)
+    }
+
+    /// The uid of namespace `kube-system` (the cluster's identity).
+    pub fn system_namespace_uid(&self) -> Option<String> {
+        self.store
+            .get("v1", "Namespace", None, SYSTEM_NAMESPACE)
+            .and_then(|ns| ns["metadata"]["uid"].as_str().map(str::to_owned))
+    }
+
     /// Closes every open watch.
     pub fn drop_watches(&self) {
         self.store.drop_watches()
@@ -215,6 +241,22 @@ impl KubeSim {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
+    }
+}
+
+/// The namespace every real cluster has, with a uid of its own per server: tools take it as
+/// the cluster's identity (resources-ingester among them). Kept when the store has it already.
+pub const SYSTEM_NAMESPACE: &str = "kube-system";
+
+fn ensure_system_namespace(store: &Store) -> anyhow::Result<()> {
+    let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": SYSTEM_NAMESPACE, "labels": {"kubernetes.io/metadata.name": SYSTEM_NAMESPACE}}});
+    match store.create(ns) {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 409 => Ok(()),
+        Err(e) => Err(anyhow::anyhow!(
+            "creating namespace {SYSTEM_NAMESPACE}: {e}"
+        )),
     }
 }
 
@@ -229,7 +271,16 @@ async fn serve_conn<I>(
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let state = state.clone();
         req.extensions_mut().insert(info);
-        async move { Ok::<_, Infallible>(api::handle(state, req.map(Body::new)).await) }
+        let gzip = compression::accepts_gzip(&req);
+        async move {
+            let resp = api::handle(state, req.map(Body::new)).await;
+            let resp = if gzip {
+                compression::gzip_if_large(resp).await
+            } else {
+                resp
+            };
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())

@@ -115,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
         bookmark_interval: args.bookmark_interval,
         tls: args.tls,
         watch_list: !args.no_watch_list,
+        system_namespace: true,
     };
     let sim = KubeSim::start_with_store(cfg, store).await?;
     if let Some(p) = &args.kubeconfig_out {

@@ -24,6 +24,16 @@ pub struct ResourceDef {
 }
 
 impl ResourceDef {
+    /// Built-in workloads with a `/scale` subresource (autoscaling/v1 Scale).
+    pub fn has_scale(&self) -> bool {
+        self.crd.is_none()
+            && self.group == "apps"
+            && matches!(
+                self.plural.as_str(),
+                "deployments" | "replicasets" | "statefulsets"
+            )
+    }
+
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.clone()
@@ -400,6 +410,13 @@ impl Registry {
                 resources.push(json!({
                     "name": format!("{}/status", d.plural), "singularName": "",
                     "namespaced": d.namespaced, "kind": d.kind, "verbs": ["get", "patch", "update"],
+                }));
+            }
+            if d.has_scale() {
+                resources.push(json!({
+                    "name": format!("{}/scale", d.plural), "singularName": "",
+                    "namespaced": d.namespaced, "group": "autoscaling", "version": "v1",
+                    "kind": "Scale", "verbs": ["get", "patch", "update"],
                 }));
             }
         }

@@ -2,15 +2,19 @@
 //! event history (the source of watches and of consistent paged lists), and the fault switches.
 
 use crate::error::ApiError;
+use crate::faults::{FaultSet, ReadFaults, Replica, ReplicaPick};
 use crate::resources::{defs_from_crd, split_api_version, Registry, ResourceDef};
 use crate::selector::{FieldSelector, LabelSelector};
 use base64::Engine;
 use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// (namespace or "" for cluster-scoped, name): the order lists are served in.
@@ -151,6 +155,8 @@ pub(crate) struct ListQuery {
     pub cont: Option<String>,
     pub rv: Option<String>,
     pub rv_match: Option<String>,
+    /// Events the serving replica's watch cache lags behind the store (0: up to date).
+    pub lag: u64,
 }
 
 pub(crate) struct ListResult {
@@ -329,7 +335,12 @@ impl Inner {
                 let defs = defs_from_crd(&full).map_err(|(field, why)| {
                     ApiError::invalid(&def.group, &def.kind, name, &field, &why)
                 })?;
-                let now = now_rfc3339();
+                // The conditions were set when the CRD was created: taking that time (rather than
+                // the clock) keeps a preloaded world with fixed timestamps equal from run to run.
+                let now = full["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(now_rfc3339);
                 let storage: Vec<Value> = full["spec"]["versions"]
                     .as_array()
                     .map(|vs| {
@@ -583,6 +594,17 @@ impl Inner {
         Ok(obj)
     }
 
+    /// The revision of a watch cache `lag` events behind: the state before the last `lag`
+    /// events, never older than what the history can rebuild.
+    pub fn cache_rv(&self, lag: u64) -> u64 {
+        let n = self.history.len();
+        match usize::try_from(lag) {
+            Ok(0) => self.rv,
+            Ok(lag) if n > lag => self.history[n - lag - 1].rv,
+            _ => self.compacted_rv,
+        }
+    }
+
     fn too_old(&self, rv: u64) -> ApiError {
         ApiError::expired(format!(
             "too old resource version: {rv} ({})",
@@ -609,6 +631,7 @@ impl Inner {
                 })?),
             };
             match (asked, q.rv_match.as_deref()) {
+                // Exact: read from storage at that revision.
                 (Some(x), Some("Exact")) => {
                     if x > self.rv {
                         return Err(too_large(x, self.rv));
@@ -618,8 +641,23 @@ impl Inner {
                     }
                     (x, None)
                 }
-                (Some(x), _) if x > self.rv => return Err(too_large(x, self.rv)),
-                _ => (self.rv, None),
+                // "0": any state will do; the watch cache serves its own, maybe old, one.
+                (None, _) if q.rv.as_deref() == Some("0") => (self.cache_rv(q.lag), None),
+                // No revision: a consistent read, the current state.
+                (None, _) => (self.rv, None),
+                // NotOlderThan X: a paged list is read from storage (current state), a whole
+                // list from the watch cache, which must have reached X.
+                (Some(x), _) => {
+                    let have = if q.limit > 0 {
+                        self.rv
+                    } else {
+                        self.cache_rv(q.lag)
+                    };
+                    if x > have {
+                        return Err(too_large(x, have));
+                    }
+                    (have, None)
+                }
             }
         };
         let empty = BTreeMap::new();
@@ -720,7 +758,15 @@ impl Inner {
     }
 }
 
-fn too_large(asked: u64, current: u64) -> ApiError {
+/// The watch cache has not reached a requested revision (yet): worth waiting for.
+pub(crate) fn is_too_large(e: &ApiError) -> bool {
+    e.code == 504
+        && e.details
+            .as_ref()
+            .is_some_and(|d| d["causes"][0]["reason"].as_str() == Some("ResourceVersionTooLarge"))
+}
+
+pub(crate) fn too_large(asked: u64, current: u64) -> ApiError {
     let mut e = ApiError::new(
         504,
         "Timeout",
@@ -804,10 +850,30 @@ fn validate_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
 }
 
 /// Fault switches, shared by the HTTP endpoints and the in-process API.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Faults {
     pub fail: AtomicU64,
     pub delay_ms: AtomicU64,
+    /// Extra delays of requests to one exact path (e.g. a discovery document).
+    pub path_delays: RwLock<HashMap<String, u64>>,
+    pub read: RwLock<ReadFaults>,
+    /// Requests so far, for round-robin replica choice.
+    next_replica: AtomicU64,
+    /// For random replica choice; reseeded whenever the replicas are set.
+    rng: Mutex<SmallRng>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            fail: AtomicU64::new(0),
+            delay_ms: AtomicU64::new(0),
+            path_delays: RwLock::new(HashMap::new()),
+            read: RwLock::new(ReadFaults::healthy()),
+            next_replica: AtomicU64::new(0),
+            rng: Mutex::new(SmallRng::seed_from_u64(0)),
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -819,6 +885,8 @@ pub(crate) struct Shared {
     pub faults: Faults,
     pub open_watches: AtomicUsize,
     pub watches_started: AtomicU64,
+    /// Requests this server refuses (403) and access reviews it answers `allowed: false`.
+    pub denies: RwLock<Vec<crate::authz::DenyRule>>,
 }
 
 /// Counters of `GET /_sim/stats`.
@@ -833,6 +901,8 @@ pub struct Stats {
     pub watches_started: u64,
     pub pending_failures: u64,
     pub delay_ms: u64,
+    /// The revision each replica's watch cache serves (one entry when no replicas are set).
+    pub replica_resource_versions: Vec<u64>,
 }
 
 /// Cheap-to-clone handle to the object store. Every method has the same effects as the matching
@@ -859,6 +929,7 @@ impl Store {
                 faults: Faults::default(),
                 open_watches: AtomicUsize::new(0),
                 watches_started: AtomicU64::new(0),
+                denies: RwLock::new(Vec::new()),
             }),
         }
     }
@@ -1143,6 +1214,36 @@ impl Store {
     }
 
     /// The next `n` API requests fail with 500.
+    /// Denies a request from now on (`kubectl auth can-i` says no, the request gets 403).
+    pub fn deny(&self, rule: crate::authz::DenyRule) {
+        let mut d = self
+            .shared
+            .denies
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if !d.contains(&rule) {
+            d.push(rule);
+        }
+    }
+
+    /// Allows everything again.
+    pub fn clear_denies(&self) {
+        self.shared
+            .denies
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// The deny list.
+    pub fn denies(&self) -> Vec<crate::authz::DenyRule> {
+        self.shared
+            .denies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn fail_next(&self, n: u64) {
         self.shared.faults.fail.store(n, Ordering::SeqCst);
     }
@@ -1152,9 +1253,29 @@ impl Store {
         self.shared.faults.delay_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// Delays every request to exactly `path` (e.g. `/apis/apps/v1`, a discovery document) by
+    /// `ms` on top of `set_delay`; 0 removes it. An API server that stops answering one kind
+    /// of request while others still flow.
+    pub fn set_path_delay(&self, path: &str, ms: u64) {
+        if let Ok(mut delays) = self.shared.faults.path_delays.write() {
+            if ms == 0 {
+                delays.remove(path);
+            } else {
+                delays.insert(path.to_owned(), ms);
+            }
+        }
+    }
+
     pub fn stats(&self) -> Stats {
+        let lags = self.read_faults().replica_lags;
         let g = self.read();
+        let replica_resource_versions = if lags.is_empty() {
+            vec![g.rv]
+        } else {
+            lags.iter().map(|l| g.cache_rv(*l)).collect()
+        };
         Stats {
+            replica_resource_versions,
             objects: g.objects.values().map(BTreeMap::len).sum(),
             resource_version: g.rv,
             compacted_resource_version: g.compacted_rv,
@@ -1163,6 +1284,143 @@ impl Store {
             watches_started: self.shared.watches_started.load(Ordering::SeqCst),
             pending_failures: self.shared.faults.fail.load(Ordering::SeqCst),
             delay_ms: self.shared.faults.delay_ms.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Every fault switch as it is now.
+    pub fn faults(&self) -> FaultSet {
+        let r = self.read_faults();
+        FaultSet {
+            fail_next: self.shared.faults.fail.load(Ordering::SeqCst),
+            delay_ms: self.shared.faults.delay_ms.load(Ordering::SeqCst),
+            replica_lags: r.replica_lags,
+            replica_pick: r.replica_pick,
+            freshness_wait_ms: r.freshness_wait.as_millis() as u64,
+            watch_replay: r.watch_replay,
+            bookmark_delay_ms: r.bookmark_delay.as_millis() as u64,
+            list_stall_ms: r.list_stall.as_millis() as u64,
+            stuck_watches: r.stuck_watches,
+        }
+    }
+
+    /// Sets every fault switch at once (several faults together); `FaultSet::default()` heals.
+    pub fn set_faults(&self, f: &FaultSet) {
+        self.fail_next(f.fail_next);
+        self.set_delay(f.delay_ms);
+        self.change_read_faults(|r| *r = ReadFaults::from_set(f));
+        self.reset_replica_choice(f.replica_pick);
+    }
+
+    /// Turns every fault off.
+    pub fn clear_faults(&self) {
+        self.set_faults(&FaultSet::default());
+    }
+
+    /// One API server whose watch cache lags `events` events behind: lists and streaming lists
+    /// with resourceVersion "0" (and watches without a revision) get the state of `events`
+    /// events ago, with that revision. 0 turns it off. Same as `set_replicas(&[events], ..)`.
+    pub fn set_watch_cache_lag(&self, events: u64) {
+        let lags = if events == 0 {
+            Vec::new()
+        } else {
+            vec![events]
+        };
+        self.set_replicas(&lags, ReplicaPick::RoundRobin);
+    }
+
+    /// Several API servers behind the address, replica i lagging `lags[i]` events; each request
+    /// lands on the next one (`RoundRobin`) or a random one (`Random { seed }`). Empty: one
+    /// up-to-date server.
+    pub fn set_replicas(&self, lags: &[u64], pick: ReplicaPick) {
+        self.change_read_faults(|r| {
+            r.replica_lags = lags.to_vec();
+            r.replica_pick = pick;
+        });
+        self.reset_replica_choice(pick);
+    }
+
+    /// How long a watch cache waits to reach a requested revision before answering 504
+    /// "Too large resource version" (default 3 s, as on a real server).
+    pub fn set_freshness_wait(&self, wait: Duration) {
+        self.change_read_faults(|r| r.freshness_wait = wait);
+    }
+
+    /// A watch resuming from a revision first re-delivers the last `events` events up to that
+    /// revision (ones the client already saw). 0 turns it off.
+    pub fn set_watch_replay(&self, events: u64) {
+        self.change_read_faults(|r| r.watch_replay = events);
+    }
+
+    /// Holds every BOOKMARK back by `delay` (never sent out of order: a late bookmark carries
+    /// the revision of the moment it is sent). Zero turns it off.
+    pub fn set_bookmark_delay(&self, delay: Duration) {
+        self.change_read_faults(|r| r.bookmark_delay = delay);
+    }
+
+    /// Lists stall half-way for `stall`: between the pages of a paged list, after half of the
+    /// items of a whole list or of the initial events of a streaming list. Zero turns it off.
+    pub fn set_list_stall(&self, stall: Duration) {
+        self.change_read_faults(|r| r.list_stall = stall);
+    }
+
+    /// Open and new watches go silent: no events, no bookmarks, no close at timeoutSeconds,
+    /// until the client closes them or `drop_watches`. A watch that went silent stays silent.
+    pub fn set_stuck_watches(&self, stuck: bool) {
+        self.change_read_faults(|r| r.stuck_watches = stuck);
+        // wake the open watches so they notice
+        self.shared.rv_tx.send_modify(|_| {});
+    }
+
+    pub(crate) fn read_faults(&self) -> ReadFaults {
+        self.shared
+            .faults
+            .read
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn change_read_faults(&self, f: impl FnOnce(&mut ReadFaults)) {
+        let mut g = self
+            .shared
+            .faults
+            .read
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        f(&mut g);
+    }
+
+    fn reset_replica_choice(&self, pick: ReplicaPick) {
+        let faults = &self.shared.faults;
+        faults.next_replica.store(0, Ordering::SeqCst);
+        if let ReplicaPick::Random { seed } = pick {
+            *faults.rng.lock().unwrap_or_else(|e| e.into_inner()) = SmallRng::seed_from_u64(seed);
+        }
+    }
+
+    /// The API server the next request lands on.
+    pub(crate) fn pick_replica(&self) -> Replica {
+        let faults = &self.shared.faults;
+        let (lags, pick) = {
+            let r = faults.read.read().unwrap_or_else(|e| e.into_inner());
+            if r.replica_lags.is_empty() {
+                return Replica::default();
+            }
+            (r.replica_lags.clone(), r.replica_pick)
+        };
+        let index = match pick {
+            ReplicaPick::RoundRobin => {
+                (faults.next_replica.fetch_add(1, Ordering::SeqCst) % lags.len() as u64) as usize
+            }
+            ReplicaPick::Random { .. } => faults
+                .rng
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .random_range(0..lags.len()),
+        };
+        Replica {
+            index,
+            lag: lags[index],
         }
     }
 
@@ -1175,8 +1433,17 @@ impl Store {
             .is_ok()
     }
 
-    pub(crate) fn delay(&self) -> u64 {
-        self.shared.faults.delay_ms.load(Ordering::SeqCst)
+    /// The delay of a request to `path`: the global one plus the path's own.
+    pub(crate) fn delay(&self, path: &str) -> u64 {
+        let own = self
+            .shared
+            .faults
+            .path_delays
+            .read()
+            .ok()
+            .and_then(|d| d.get(path).copied())
+            .unwrap_or(0);
+        self.shared.faults.delay_ms.load(Ordering::SeqCst) + own
     }
 }
 

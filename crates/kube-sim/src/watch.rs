@@ -2,9 +2,10 @@
 //! timeouts, initial events and the 410 ERROR event for revisions that fell out of the history.
 
 use crate::error::ApiError;
+use crate::faults::{ReadFaults, Replica};
 use crate::resources::ResourceDef;
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::store::{Event, EventType, ListQuery, Obj, Store};
+use crate::store::{too_large, Event, EventType, ListQuery, Obj, Store};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -83,114 +84,276 @@ impl Drop for OpenGuard {
     }
 }
 
-/// Starts a watch; the receiver yields the chunks of the response body. Parameter errors come
-/// back as Err (an HTTP error); a too-old revision is an ERROR event inside a 200 stream.
-pub(crate) fn start(
-    store: &Store,
-    def: Arc<ResourceDef>,
-    q: WatchQuery,
-    bookmark_interval: Duration,
-    shutdown: CancellationToken,
-) -> Result<mpsc::Receiver<Bytes>, ApiError> {
-    let mut drop_rx = store.shared.drop_tx.subscribe();
-    let mut rv_rx = store.shared.rv_tx.subscribe();
+/// Where a watch starts.
+enum Start {
+    /// Synthetic ADDED events for the state at a revision first (a streaming list, or a watch
+    /// without a revision); `fresh_from`: the revision the replica must have reached.
+    Initial {
+        at: InitialAt,
+        fresh_from: Option<u64>,
+    },
+    /// Events strictly after a revision.
+    After(u64),
+    /// Events from now on (sendInitialEvents=false without a revision).
+    Now,
+}
+
+#[derive(Clone, Copy)]
+enum InitialAt {
+    /// A consistent read: the current state.
+    Current,
+    /// The serving replica's watch cache state.
+    Cache,
+}
+
+/// How a watch request asks for its start, as the real server's watch cache reads it.
+fn start_of(q: &WatchQuery) -> Result<Start, ApiError> {
     let asked: Option<u64> = match q.rv.as_deref() {
-        None | Some("") | Some("0") => None,
+        None | Some("") => None,
         Some(x) => Some(
             x.parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version \"{x}\"")))?,
         ),
     };
-    let send_initial = match q.send_initial {
-        Some(true) => {
-            if q.rv_match.as_deref() != Some("NotOlderThan") {
-                return Err(ApiError::invalid(
-                    "meta.k8s.io",
-                    "ListOptions",
-                    "",
-                    "sendInitialEvents",
-                    "Forbidden: sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan",
-                ));
-            }
-            true
+    match (q.send_initial, asked) {
+        (Some(true), _) if q.rv_match.as_deref() != Some("NotOlderThan") => Err(ApiError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            "sendInitialEvents",
+            "Forbidden: sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan",
+        )),
+        // a streaming list without a revision is a consistent read
+        (Some(true), None) => Ok(Start::Initial {
+            at: InitialAt::Current,
+            fresh_from: None,
+        }),
+        (Some(true), Some(0)) => Ok(Start::Initial {
+            at: InitialAt::Cache,
+            fresh_from: None,
+        }),
+        (Some(true), Some(x)) => Ok(Start::Initial {
+            at: InitialAt::Cache,
+            fresh_from: Some(x),
+        }),
+        (Some(false), None | Some(0)) => Ok(Start::Now),
+        // unset/"0" revision: the cache's state as synthetic ADDED events, then changes
+        (None, None | Some(0)) => Ok(Start::Initial {
+            at: InitialAt::Cache,
+            fresh_from: None,
+        }),
+        (_, Some(x)) => Ok(Start::After(x)),
+    }
+}
+
+/// Ends when the client goes away, the watches are dropped or the server stops.
+async fn closed(
+    tx: &mpsc::Sender<Bytes>,
+    drop_rx: &mut tokio::sync::watch::Receiver<u64>,
+    shutdown: &CancellationToken,
+) {
+    tokio::select! {
+        _ = tx.closed() => {}
+        _ = drop_rx.changed() => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+/// Sleeps `d` unless the watch closes first; false when it closed.
+async fn pause(
+    d: Duration,
+    tx: &mpsc::Sender<Bytes>,
+    drop_rx: &mut tokio::sync::watch::Receiver<u64>,
+    shutdown: &CancellationToken,
+) -> bool {
+    if d.is_zero() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = closed(tx, drop_rx, shutdown) => false,
+    }
+}
+
+/// The revision a resumed watch starts after when it replays `k` events the client saw: just
+/// before the k-th last event up to `from` that this watch delivers.
+fn replay_start(store: &Store, def: &ResourceDef, q: &WatchQuery, from: u64, k: u64) -> u64 {
+    let g = store.read();
+    let end = g.history.partition_point(|e| e.rv <= from);
+    g.history
+        .range(..end)
+        .rev()
+        .filter(|e| e.res == def.key && q.translate(e).is_some())
+        .take(usize::try_from(k).unwrap_or(usize::MAX))
+        .last()
+        .map_or(from, |e| e.rv - 1)
+}
+
+/// Waits until the replica's watch cache reaches `want` (as a real cache blocks up to 3 s);
+/// Err(504 Too large resource version) when it does not in time.
+async fn wait_fresh(
+    store: &Store,
+    replica: Replica,
+    want: u64,
+    wait: Duration,
+    rv_rx: &mut tokio::sync::watch::Receiver<u64>,
+) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        rv_rx.borrow_and_update();
+        let have = store.read().cache_rv(replica.lag);
+        if have >= want {
+            return Ok(());
         }
-        Some(false) => false,
-        // Unset/"0" revision: the watch starts with the current state as synthetic ADDED events.
-        None => asked.is_none(),
-    };
-    let (initial, mut pos, expired) = {
-        let g = store.read();
-        if send_initial {
-            if let Some(x) = asked.filter(|x| *x > g.rv) {
-                return Err(ApiError::new(
-                    504,
-                    "Timeout",
-                    format!("Too large resource version: {x}, current: {}", g.rv),
-                ));
-            }
-            let lq = ListQuery {
-                ns: q.ns.clone(),
-                labels: q.labels.clone(),
-                fields: q.fields.clone(),
-                ..Default::default()
-            };
-            let r = g.list(&def, &lq)?;
-            (r.items, r.rv, None)
-        } else {
-            match asked {
-                None => (Vec::new(), g.rv, None),
-                Some(x) => (Vec::new(), x, g.check_watch_rv(x).err()),
-            }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return Err(too_large(want, have)),
+            changed = rv_rx.changed() => if changed.is_err() { return Err(too_large(want, have)) },
         }
-    };
-    let initial_end = q.send_initial == Some(true);
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    store.shared.open_watches.fetch_add(1, Ordering::SeqCst);
-    store.shared.watches_started.fetch_add(1, Ordering::SeqCst);
-    let guard = OpenGuard(store.clone());
-    let store = store.clone();
-    tokio::spawn(async move {
-        let _guard = guard;
-        if let Some(e) = expired {
-            let _ = tx.send(error_event(&e)).await;
+    }
+}
+
+/// One open watch: what it was asked, where it is served, and its ways to end.
+struct WatchTask {
+    store: Store,
+    def: Arc<ResourceDef>,
+    q: WatchQuery,
+    replica: Replica,
+    /// The fault switches as they were when the watch opened.
+    faults: ReadFaults,
+    bookmark_interval: Duration,
+    tx: mpsc::Sender<Bytes>,
+    drop_rx: tokio::sync::watch::Receiver<u64>,
+    rv_rx: tokio::sync::watch::Receiver<u64>,
+    shutdown: CancellationToken,
+}
+
+impl WatchTask {
+    async fn run(mut self, start: Start) {
+        if self.faults.stuck_watches {
+            closed(&self.tx, &mut self.drop_rx, &self.shutdown).await;
             return;
         }
-        let av = def.api_version();
-        for chunk in initial.chunks(128) {
-            let mut out = Vec::with_capacity(chunk.iter().map(|o| o.body.len() + 96).sum());
-            for o in chunk {
-                frame(&mut out, "ADDED", o, &av);
-            }
-            if tx.send(Bytes::from(out)).await.is_err() {
+        let pos = match self.begin(start).await {
+            Ok(Some(pos)) => pos,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = self.tx.send(error_event(&e)).await;
                 return;
             }
-        }
-        drop(initial);
-        if initial_end && tx.send(bookmark(&def, pos, true)).await.is_err() {
+        };
+        if self.q.send_initial == Some(true) && !self.initial_events_end(pos).await {
             return;
         }
-        let deadline = q.timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut tick = tokio::time::interval_at(
-            tokio::time::Instant::now() + bookmark_interval,
-            bookmark_interval,
-        );
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.follow(pos).await;
+    }
+
+    /// The revision events are delivered after, once the initial events (if any) are sent;
+    /// Ok(None) when the client went away meanwhile; Err for an ERROR event.
+    async fn begin(&mut self, start: Start) -> Result<Option<u64>, ApiError> {
+        match start {
+            Start::Now => Ok(Some(self.store.read().rv)),
+            Start::After(x) => {
+                self.store.read().check_watch_rv(x)?;
+                Ok(Some(match self.faults.watch_replay {
+                    0 => x,
+                    k => replay_start(&self.store, &self.def, &self.q, x, k),
+                }))
+            }
+            Start::Initial { at, fresh_from } => {
+                if let Some(want) = fresh_from {
+                    let wait = self.faults.freshness_wait;
+                    wait_fresh(&self.store, self.replica, want, wait, &mut self.rv_rx).await?;
+                }
+                let initial = {
+                    let g = self.store.read();
+                    let at = match at {
+                        InitialAt::Current => g.rv,
+                        InitialAt::Cache => g.cache_rv(self.replica.lag),
+                    };
+                    let lq = ListQuery {
+                        ns: self.q.ns.clone(),
+                        labels: self.q.labels.clone(),
+                        fields: self.q.fields.clone(),
+                        rv: Some(at.to_string()),
+                        rv_match: Some("Exact".into()),
+                        ..Default::default()
+                    };
+                    g.list(&self.def, &lq)?
+                };
+                Ok(self.send_added(&initial.items).await.then_some(initial.rv))
+            }
+        }
+    }
+
+    /// The initial state as ADDED events, stalling half-way when lists stall; false when the
+    /// client went away.
+    async fn send_added(&mut self, items: &[Arc<Obj>]) -> bool {
+        let av = self.def.api_version();
+        let (first, second) = items.split_at(items.len() / 2);
+        for (part, items) in [first, second].into_iter().enumerate() {
+            if part == 1
+                && !pause(
+                    self.faults.list_stall,
+                    &self.tx,
+                    &mut self.drop_rx,
+                    &self.shutdown,
+                )
+                .await
+            {
+                return false;
+            }
+            for chunk in items.chunks(128) {
+                let mut out = Vec::with_capacity(chunk.iter().map(|o| o.body.len() + 96).sum());
+                for o in chunk {
+                    frame(&mut out, "ADDED", o, &av);
+                }
+                if self.tx.send(Bytes::from(out)).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// The BOOKMARK that ends a streaming list's initial events, late when bookmarks are
+    /// delayed; false when the client went away.
+    async fn initial_events_end(&mut self, pos: u64) -> bool {
+        let delay = self.store.read_faults().bookmark_delay;
+        pause(delay, &self.tx, &mut self.drop_rx, &self.shutdown).await
+            && self.tx.send(bookmark(&self.def, pos, true)).await.is_ok()
+    }
+
+    /// When the next periodic BOOKMARK is due, counted from `now`.
+    fn next_bookmark(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        now + self.bookmark_interval + self.store.read_faults().bookmark_delay
+    }
+
+    /// Events after `pos` as they happen, with bookmarks, until the watch ends.
+    async fn follow(mut self, mut pos: u64) {
+        let av = self.def.api_version();
+        let deadline = self.q.timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut bookmark_at = self.next_bookmark(tokio::time::Instant::now());
         loop {
-            rv_rx.borrow_and_update();
-            let read = store.read().events_after(pos, &def.key);
+            if self.store.read_faults().stuck_watches {
+                // a dead stream: nothing more, not even the close at timeoutSeconds
+                closed(&self.tx, &mut self.drop_rx, &self.shutdown).await;
+                return;
+            }
+            self.rv_rx.borrow_and_update();
+            let read = self.store.read().events_after(pos, &self.def.key);
             match read {
                 Err(e) => {
-                    let _ = tx.send(error_event(&e)).await;
+                    let _ = self.tx.send(error_event(&e)).await;
                     return;
                 }
                 Ok((events, next)) => {
                     let mut out = Vec::new();
                     for e in &events {
-                        if let Some((ty, obj)) = q.translate(e) {
+                        if let Some((ty, obj)) = self.q.translate(e) {
                             frame(&mut out, ty, obj, &av);
                         }
                     }
-                    if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+                    if !out.is_empty() && self.tx.send(Bytes::from(out)).await.is_err() {
                         return;
                     }
                     pos = next;
@@ -198,21 +361,59 @@ pub(crate) fn start(
             }
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return,
-                _ = drop_rx.changed() => return,
-                _ = tx.closed() => return,
+                _ = self.shutdown.cancelled() => return,
+                _ = self.drop_rx.changed() => return,
+                _ = self.tx.closed() => return,
                 _ = async { match deadline {
                         Some(d) => tokio::time::sleep_until(d).await,
                         None => std::future::pending().await,
                     } } => return,
-                changed = rv_rx.changed() => if changed.is_err() { return },
-                _ = tick.tick() => {
-                    if q.bookmarks && tx.send(bookmark(&def, pos, false)).await.is_err() {
+                changed = self.rv_rx.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(bookmark_at) => {
+                    if self.q.bookmarks
+                        && !self.store.read_faults().stuck_watches
+                        && self.tx.send(bookmark(&self.def, pos, false)).await.is_err()
+                    {
                         return;
                     }
+                    bookmark_at = self.next_bookmark(tokio::time::Instant::now());
                 }
             }
         }
+    }
+}
+
+/// Starts a watch; the receiver yields the chunks of the response body. Parameter errors come
+/// back as Err (an HTTP error); a too-old or not-yet-reached revision is an ERROR event inside a
+/// 200 stream, as the real server's watch cache answers.
+pub(crate) fn start(
+    store: &Store,
+    def: Arc<ResourceDef>,
+    q: WatchQuery,
+    replica: Replica,
+    bookmark_interval: Duration,
+    shutdown: CancellationToken,
+) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+    let start = start_of(&q)?;
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let task = WatchTask {
+        store: store.clone(),
+        def,
+        q,
+        replica,
+        faults: store.read_faults(),
+        bookmark_interval,
+        tx,
+        drop_rx: store.shared.drop_tx.subscribe(),
+        rv_rx: store.shared.rv_tx.subscribe(),
+        shutdown,
+    };
+    store.shared.open_watches.fetch_add(1, Ordering::SeqCst);
+    store.shared.watches_started.fetch_add(1, Ordering::SeqCst);
+    let guard = OpenGuard(store.clone());
+    tokio::spawn(async move {
+        let _guard = guard;
+        task.run(start).await;
     });
     Ok(rx)
 }

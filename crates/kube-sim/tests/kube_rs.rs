@@ -234,3 +234,108 @@ async fn dynamic_objects_of_a_crd_over_tls() {
         .any(|g| g.name() == "widgets.templates.krateo.io"));
     sim.shutdown().await;
 }
+
+/// A correct client converges through the faults of real API servers: kube-rs' reflector, with
+/// lists that land on lagging replicas (resourceVersion=0), resumed watches that replay events
+/// and watches dropped between bursts of writes, ends with the store's exact state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflector_converges_through_lagging_replicas_and_replays() {
+    use kube::runtime::reflector;
+    use kube_sim::{FaultSet, ReplicaPick};
+
+    let sim = start().await;
+    let store = sim.store();
+    for i in 0..20 {
+        store
+            .create(cm("default", &format!("c{i}"), json!({})))
+            .unwrap();
+    }
+    store.set_faults(&FaultSet {
+        replica_lags: vec![0, 4, 9],
+        replica_pick: ReplicaPick::Random { seed: 11 },
+        freshness_wait_ms: 200,
+        watch_replay: 3,
+        ..Default::default()
+    });
+    let api: Api<ConfigMap> = Api::all(kube_client(&sim).await);
+    for semantic in ["any", "streaming"] {
+        let cfg = match semantic {
+            "any" => watcher::Config::default().any_semantic(),
+            _ => watcher::Config::default().streaming_lists(),
+        };
+        let (reader, writer) = reflector::store();
+        let task = tokio::spawn(
+            reflector::reflector(writer, watcher::watcher(api.clone(), cfg)).for_each(|_| async {}),
+        );
+        reader.wait_until_ready().await.expect("reflector ready");
+        let started = store.stats().watches_started;
+        for round in 0..4 {
+            for i in 0..10 {
+                let name = format!("c{}", (round * 7 + i) % 25);
+                let exists = store.get("v1", "ConfigMap", Some("default"), &name);
+                match (exists, i % 3) {
+                    (None, _) => drop(store.create(cm("default", &name, json!({})))),
+                    (Some(_), 0) => drop(store.delete("v1", "ConfigMap", Some("default"), &name)),
+                    (Some(_), _) => drop(store.merge_patch(
+                        "v1",
+                        "ConfigMap",
+                        Some("default"),
+                        &name,
+                        &json!({"data": {"round": round.to_string(), "i": i.to_string()}}),
+                    )),
+                }
+            }
+            store.drop_watches();
+            let st = store.clone();
+            wait_for("the watch to be resumed", || {
+                let st = st.clone();
+                async move {
+                    let s = st.stats();
+                    (s.watches_started > started + round && s.open_watches == 1).then_some(())
+                }
+            })
+            .await;
+        }
+        let want = || {
+            let mut v: Vec<(String, String)> = store
+                .list("v1", "ConfigMap", None)
+                .iter()
+                .map(|o| {
+                    (
+                        o["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        o["metadata"]["resourceVersion"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let have = || {
+            let mut v: Vec<(String, String)> = reader
+                .state()
+                .iter()
+                .map(|c| {
+                    (
+                        c.metadata.name.clone().unwrap_or_default(),
+                        c.metadata.resource_version.clone().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        wait_for(&format!("the {semantic} reflector to converge"), || {
+            let (w, h) = (want(), have());
+            async move { (w == h).then_some(()) }
+        })
+        .await;
+        task.abort();
+    }
+    sim.shutdown().await;
+}

@@ -285,3 +285,189 @@ async fn kubectl_over_tls_with_client_certificate() {
     assert_eq!(out.trim(), "pod/p1");
     sim.shutdown().await;
 }
+
+/// kubectl's generators (`create namespace|configmap|secret|deployment|service`, `run`) send
+/// their objects as protobuf; `label` and `scale` patch with JSON (scale on `/scale`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_generators_send_protobuf_label_and_scale() {
+    let sim = start().await;
+    let Some(k) = Kubectl::new(&sim) else { return };
+    let store = sim.store();
+
+    let out = k.ok(&["create", "namespace", "shop"]).await;
+    assert_eq!(out.trim(), "namespace/shop created");
+    let ns = store
+        .get("v1", "Namespace", None, "shop")
+        .expect("namespace");
+    assert_eq!(ns["status"]["phase"], "Active");
+
+    k.ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "-n",
+        "shop",
+        "--from-literal=color=blue",
+        "--from-literal=size=",
+    ])
+    .await;
+    let cm = store
+        .get("v1", "ConfigMap", Some("shop"), "settings")
+        .expect("configmap");
+    assert_eq!(cm["data"], json!({"color": "blue", "size": ""}));
+
+    k.ok(&[
+        "run",
+        "web",
+        "-n",
+        "shop",
+        "--image=nginx:1.27",
+        "--labels=app=web",
+        "--port=8080",
+        "--env=MODE=prod",
+    ])
+    .await;
+    let pod: Value = serde_json::from_str(
+        &k.ok(&["get", "pod", "web", "-n", "shop", "-o", "json"])
+            .await,
+    )
+    .unwrap();
+    assert_eq!(pod["metadata"]["labels"], json!({"app": "web"}));
+    let c = &pod["spec"]["containers"][0];
+    assert_eq!(
+        (&c["name"], &c["image"], &c["ports"][0]["containerPort"]),
+        (&json!("web"), &json!("nginx:1.27"), &json!(8080))
+    );
+    assert_eq!(c["env"], json!([{"name": "MODE", "value": "prod"}]));
+    assert_eq!(pod["spec"]["restartPolicy"], "Always");
+
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "-n",
+        "shop",
+        "--from-literal=password=s3cr3t",
+    ])
+    .await;
+    let secret = store
+        .get("v1", "Secret", Some("shop"), "creds")
+        .expect("secret");
+    assert_eq!(secret["data"]["password"], "czNjcjN0"); // base64, as over JSON
+
+    k.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "-n",
+        "shop",
+        "--tcp=80:8080",
+    ])
+    .await;
+    let svc = store
+        .get("v1", "Service", Some("shop"), "web")
+        .expect("service");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+
+    k.ok(&[
+        "create",
+        "deployment",
+        "api",
+        "-n",
+        "shop",
+        "--image=busybox:1",
+        "--replicas=2",
+    ])
+    .await;
+    let d = store
+        .get("apps/v1", "Deployment", Some("shop"), "api")
+        .expect("deployment");
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["spec"]["selector"]["matchLabels"], json!({"app": "api"}));
+
+    k.ok(&["label", "pod", "web", "-n", "shop", "tier=front"])
+        .await;
+    let out = k
+        .ok(&[
+            "get",
+            "pods",
+            "-n",
+            "shop",
+            "-l",
+            "tier=front",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(out.trim(), "pod/web");
+
+    let out = k
+        .ok(&["scale", "deployment", "api", "-n", "shop", "--replicas=5"])
+        .await;
+    assert!(out.contains("scaled"), "{out}");
+    let replicas = k
+        .ok(&[
+            "get",
+            "deployment",
+            "api",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
+        .await;
+    assert_eq!(replicas, "5");
+    // with a precondition kubectl reads the Scale and writes it back (PUT)
+    k.ok(&[
+        "scale",
+        "deployment",
+        "api",
+        "-n",
+        "shop",
+        "--current-replicas=5",
+        "--replicas=0",
+    ])
+    .await;
+    let d = store
+        .get("apps/v1", "Deployment", Some("shop"), "api")
+        .expect("deployment");
+    assert_eq!(d["spec"]["replicas"], 0);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_auth_can_i_follows_the_deny_list() {
+    let sim = start().await;
+    let Some(k) = Kubectl::new(&sim) else { return };
+    assert_eq!(
+        k.ok(&["auth", "can-i", "watch", "pods"]).await.trim(),
+        "yes"
+    );
+    sim.deny(kube_sim::DenyRule::new("watch", "", "pods"));
+    // kubectl sends the review as protobuf; "no" exits 1.
+    let out = k
+        .command(&["auth", "can-i", "watch", "pods", "-A"])
+        .output()
+        .await
+        .expect("run kubectl");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("no"));
+    assert_eq!(k.ok(&["auth", "can-i", "list", "pods"]).await.trim(), "yes");
+    // And the request itself is refused the way the review said.
+    let out = k
+        .command(&["get", "pods", "--watch", "--request-timeout=5s"])
+        .output()
+        .await
+        .expect("run kubectl");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Error from server (Forbidden)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sim.shutdown().await;
+}

@@ -474,6 +474,8 @@ async fn watch_protocol() {
 async fn too_old_revision_gets_410_error_event() {
     let sim = start_with(SimConfig {
         history: 3,
+        // the revisions are named below: h0..h5 at 1..6
+        system_namespace: false,
         ..Default::default()
     })
     .await;
@@ -569,7 +571,7 @@ async fn fault_endpoints() {
         .json()
         .await
         .unwrap();
-    assert_eq!(stats["objects"], 1);
+    assert_eq!(stats["objects"], 2, "x and namespace kube-system");
     sim.shutdown().await;
 }
 
@@ -786,6 +788,104 @@ async fn streaming_lists_refused_when_the_watch_list_gate_is_off() {
     assert_status(&body, 422, "Invalid");
     // Plain watches and lists are unaffected.
     let (code, _) = get(&sim, "/api/v1/configmaps").await;
+    assert_eq!(code, 200);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_server_has_kube_system_with_a_uid_of_its_own() {
+    let (a, b) = (start().await, start().await);
+    let (code, ns) = get(&a, "/api/v1/namespaces/kube-system").await;
+    assert_eq!(code, 200);
+    assert_eq!(ns["status"]["phase"], "Active");
+    let uid = a.system_namespace_uid().expect("kube-system");
+    assert_eq!(ns["metadata"]["uid"], uid.as_str());
+    assert_ne!(Some(uid), b.system_namespace_uid());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_reviews_and_requests_follow_the_deny_list() {
+    let sim = start().await;
+    let url = |p: &str| format!("{}{p}", sim.base_url());
+    let c = http();
+    let review = |verb: &str, resource: &str, ns: Option<&str>| {
+        let mut attrs = json!({"verb": verb, "group": "", "resource": resource});
+        if let Some(ns) = ns {
+            attrs["namespace"] = json!(ns);
+        }
+        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attrs}})
+    };
+    let ask = |body: Value| {
+        let c = c.clone();
+        let u = url("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews");
+        async move {
+            let r = c.post(u).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // Discovery serves the group.
+    let (code, d) = get(&sim, "/apis/authorization.k8s.io/v1").await;
+    assert_eq!(code, 200);
+    assert_eq!(d["resources"][0]["name"], "selfsubjectaccessreviews");
+    let (_, groups) = get(&sim, "/apis").await;
+    assert!(groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g["name"] == "authorization.k8s.io"));
+
+    let (code, r) = ask(review("watch", "pods", None)).await;
+    assert_eq!(code, 201);
+    assert_eq!(r["kind"], "SelfSubjectAccessReview");
+    assert_eq!(r["status"]["allowed"], true);
+
+    // Deny watching pods in namespace a, over the admin endpoint.
+    let d: Value = c
+        .post(url(
+            "/_sim/deny?verb=watch&group=&resource=pods&namespace=a",
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["denies"][0]["verb"], "watch");
+    let (_, r) = ask(review("watch", "pods", Some("a"))).await;
+    assert_eq!(r["status"]["allowed"], false);
+    assert_eq!(r["status"]["denied"], true);
+    let (_, r) = ask(review("watch", "pods", Some("b"))).await;
+    assert_eq!(r["status"]["allowed"], true);
+    let (_, r) = ask(review("list", "pods", Some("a"))).await;
+    assert_eq!(r["status"]["allowed"], true);
+
+    // The requests themselves: 403 with a Status, as the review said.
+    let (code, st) = get(&sim, "/api/v1/namespaces/a/pods?watch=true").await;
+    assert_eq!(code, 403);
+    assert_status(&st, 403, "Forbidden");
+    assert_eq!(
+        st["message"],
+        "pods is forbidden: User \"kube-sim\" cannot watch resource \"pods\" in API group \"\" in the namespace \"a\""
+    );
+    let (code, _) = get(&sim, "/api/v1/namespaces/a/pods").await;
+    assert_eq!(code, 200, "list stays allowed");
+    // A cluster-wide watch covers namespace a too.
+    let (code, _) = get(&sim, "/api/v1/pods?watch=true").await;
+    assert_eq!(code, 403);
+
+    // A review without attributes is invalid; clearing the list allows everything again.
+    let (code, st) = ask(json!({"spec": {}})).await;
+    assert_eq!(code, 422);
+    assert_status(&st, 422, "Invalid");
+    c.delete(url("/_sim/deny")).send().await.unwrap();
+    let (code, _) = get(
+        &sim,
+        "/api/v1/namespaces/a/pods?watch=true&timeoutSeconds=1",
+    )
+    .await;
     assert_eq!(code, 200);
     sim.shutdown().await;
 }

@@ -1,8 +1,9 @@
 //! The convergence checker: kube-sim's objects vs. the rows of `krateo_resources`.
-//! Every live object must have a live row whose `raw` equals it; every other row of the
-//! checked kinds must have `deleted_at`. Reusable by the benchmark: [`check`] for one
-//! verdict, [`wait_converged`] to poll with a deadline, [`RegressionMonitor`] to watch the
-//! table for a row going back to an older state while faults happen.
+//! Every live object of a watched scope must have a live row whose `raw` equals it; every
+//! other row of the cluster must have `deleted_at` (rows of scopes nobody watches included,
+//! when asked). Reusable by the benchmark and the randomized run: [`check`] for one verdict,
+//! [`wait_converged`] to poll with a deadline, [`RegressionMonitor`] to sample the table for a
+//! row going back to an older state while faults happen.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -11,15 +12,37 @@ use std::time::{Duration, Instant};
 use kube_sim::Store;
 use tokio_postgres::Client;
 
-/// Which objects and rows to compare.
+/// Which objects and rows to compare: the scopes the ingester watches.
 #[derive(Clone, Debug)]
 pub struct CheckScope {
     pub cluster: String,
-    /// `(apiVersion, kind)` pairs to compare.
+    /// `(apiVersion, kind)` pairs watched, at the version the ingester watches them.
     pub kinds: Vec<(String, String)>,
     /// Namespaces of namespaced objects; empty = all.
     pub namespaces: Vec<String>,
+    /// API groups whose custom resources are watched while their CRD exists: a live row of
+    /// such a group outside `kinds` (its CRD gone or not served) whose object no longer
+    /// exists is a delete the ingester missed (`not_deleted`), whatever
+    /// `unwatched_rows_deleted` says.
+    pub managed_groups: Vec<String>,
+    /// Rows of this cluster outside `kinds` and `namespaces` must be marked deleted too (a
+    /// scope no longer watched is retired). Off: such rows are not looked at.
+    pub unwatched_rows_deleted: bool,
 }
+
+/// The ingester's built-in managed groups.
+pub const DEFAULT_MANAGED_GROUPS: &[&str] = &[
+    "composition.krateo.io",
+    "widgets.templates.krateo.io",
+    "core.krateo.io",
+    "templates.krateo.io",
+    "finops.krateo.io",
+    "basic.authn.krateo.io",
+    "oidc.authn.krateo.io",
+    "oauth.authn.krateo.io",
+    "ldap.authn.krateo.io",
+    "ai.krateo.io",
+];
 
 /// The kinds the ingester's built-in routes and managed groups cover that kube-sim's
 /// workload generator creates (the `example.other.io` Thing is deliberately unmanaged).
@@ -38,7 +61,7 @@ pub const WORKLOAD_KINDS: &[(&str, &str)] = &[
 ];
 
 impl CheckScope {
-    /// Every kind of [`WORKLOAD_KINDS`], all namespaces.
+    /// Every kind of [`WORKLOAD_KINDS`], all namespaces; no other kind may have live rows.
     pub fn workload(cluster: &str) -> CheckScope {
         CheckScope {
             cluster: cluster.to_owned(),
@@ -47,8 +70,42 @@ impl CheckScope {
                 .map(|(a, k)| ((*a).to_owned(), (*k).to_owned()))
                 .collect(),
             namespaces: Vec::new(),
+            managed_groups: DEFAULT_MANAGED_GROUPS
+                .iter()
+                .map(|g| (*g).to_owned())
+                .collect(),
+            unwatched_rows_deleted: true,
         }
     }
+
+    fn namespace_watched(&self, namespace: &str) -> bool {
+        namespace.is_empty()
+            || self.namespaces.is_empty()
+            || self.namespaces.iter().any(|n| n == namespace)
+    }
+
+    /// Whether a row of `group`/`kind` in `namespace` (`""`: cluster-scoped) is watched.
+    fn watches(&self, group: &str, kind: &str, namespace: &str) -> bool {
+        let kind_watched = self
+            .kinds
+            .iter()
+            .any(|(av, k)| k == kind && group_of(av) == group);
+        kind_watched && self.namespace_watched(namespace)
+    }
+
+    /// Whether a row outside the watched kinds belongs to a managed group (a custom resource
+    /// whose CRD is gone or not served) in a watched namespace.
+    fn managed_but_unwatched(&self, group: &str, namespace: &str) -> bool {
+        self.managed_groups.iter().any(|g| g == group) && self.namespace_watched(namespace)
+    }
+}
+
+/// The group of an apiVersion (`""` for the core group).
+pub fn group_of(api_version: &str) -> &str {
+    api_version
+        .rsplit_once('/')
+        .map(|(g, _)| g)
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Default, Clone)]
@@ -56,22 +113,41 @@ pub struct Verdict {
     pub objects: usize,
     pub live_rows: usize,
     pub deleted_rows: usize,
-    /// Live objects without a live row.
+    /// Live objects without a row.
     pub missing: Vec<String>,
+    /// Live objects whose row is marked deleted.
+    pub wrongly_deleted: Vec<String>,
     /// Live rows whose `raw` differs from the object.
     pub stale: Vec<String>,
     /// Live rows of objects that are gone.
     pub not_deleted: Vec<String>,
+    /// Live rows of scopes not watched (a kind, a namespace) when the scope asks for them.
+    pub unwatched_live: Vec<String>,
     /// Rows whose `object_resource_version` column disagrees with their `raw`.
     pub inconsistent: Vec<String>,
 }
 
 impl Verdict {
+    fn lists(&self) -> [(&'static str, &Vec<String>); 6] {
+        [
+            ("missing", &self.missing),
+            ("wrongly_deleted", &self.wrongly_deleted),
+            ("stale", &self.stale),
+            ("not_deleted", &self.not_deleted),
+            ("unwatched_live", &self.unwatched_live),
+            ("inconsistent", &self.inconsistent),
+        ]
+    }
+
     pub fn converged(&self) -> bool {
-        self.missing.is_empty()
-            && self.stale.is_empty()
-            && self.not_deleted.is_empty()
-            && self.inconsistent.is_empty()
+        self.lists().iter().all(|(_, l)| l.is_empty())
+    }
+
+    /// The first violation, e.g. `wrongly_deleted: Pod ns-0/p (uid)`; `None` when converged.
+    pub fn first_violation(&self) -> Option<String> {
+        self.lists()
+            .iter()
+            .find_map(|(what, l)| l.first().map(|v| format!("{what}: {v}")))
     }
 }
 
@@ -79,22 +155,20 @@ impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} objects={} live_rows={} deleted_rows={} missing={} stale={} not_deleted={} inconsistent={}",
-            if self.converged() { "CONVERGED" } else { "NOT CONVERGED" },
+            "{} objects={} live_rows={} deleted_rows={}",
+            if self.converged() {
+                "CONVERGED"
+            } else {
+                "NOT CONVERGED"
+            },
             self.objects,
             self.live_rows,
             self.deleted_rows,
-            self.missing.len(),
-            self.stale.len(),
-            self.not_deleted.len(),
-            self.inconsistent.len(),
         )?;
-        for (what, list) in [
-            ("missing", &self.missing),
-            ("stale", &self.stale),
-            ("not_deleted", &self.not_deleted),
-            ("inconsistent", &self.inconsistent),
-        ] {
+        for (what, list) in self.lists() {
+            write!(f, " {what}={}", list.len())?;
+        }
+        for (what, list) in self.lists() {
             if !list.is_empty() {
                 let first: Vec<&str> = list.iter().take(5).map(String::as_str).collect();
                 write!(f, "\n  {what}: {}", first.join(", "))?;
@@ -126,70 +200,134 @@ fn describe(obj: &serde_json::Value) -> String {
     )
 }
 
-pub async fn check(store: &Store, db: &Client, scope: &CheckScope) -> anyhow::Result<Verdict> {
-    let mut objects: HashMap<String, serde_json::Value> = HashMap::new();
+/// The live objects of the watched scopes, by uid.
+fn watched_objects(store: &Store, scope: &CheckScope) -> HashMap<String, serde_json::Value> {
+    let mut objects = HashMap::new();
     for (api_version, kind) in &scope.kinds {
-        for obj in store.list(api_version, kind, None) {
-            let ns = obj.pointer("/metadata/namespace").and_then(|n| n.as_str());
-            if let Some(ns) = ns {
-                if !scope.namespaces.is_empty() && !scope.namespaces.iter().any(|n| n == ns) {
-                    continue;
-                }
+        for mut obj in store.list(api_version, kind, None) {
+            // As the server serves it at the watched version (the store keeps the version it
+            // was written at; versions of one kind share the objects).
+            obj["apiVersion"] = serde_json::Value::from(api_version.as_str());
+            let ns = obj
+                .pointer("/metadata/namespace")
+                .and_then(|n| n.as_str())
+                .unwrap_or_default();
+            if !scope.watches(group_of(api_version), kind, ns) {
+                continue;
             }
             if let Some(uid) = uid_of(&obj) {
                 objects.insert(uid, obj);
             }
         }
     }
-    let kinds: Vec<String> = scope.kinds.iter().map(|(_, k)| k.clone()).collect();
+    objects
+}
+
+/// One row of `krateo_resources`, as the checker reads it.
+struct Row {
+    uid: String,
+    group: String,
+    kind: String,
+    namespace: String,
+    raw: serde_json::Value,
+    live: bool,
+    object_rv: Option<i64>,
+    raw_rv: Option<String>,
+}
+
+async fn rows(db: &Client, cluster: &str) -> anyhow::Result<Vec<Row>> {
     let rows = db
         .query(
-            "SELECT uid, raw, deleted_at IS NULL, object_resource_version,
-                    (raw->'metadata'->>'resourceVersion')
-               FROM krateo_resources WHERE cluster_name = $1 AND resource_kind = ANY($2)",
-            &[&scope.cluster, &kinds],
+            "SELECT uid, resource_group, resource_kind, namespace, raw, deleted_at IS NULL,
+                    object_resource_version, (raw->'metadata'->>'resourceVersion')
+               FROM krateo_resources WHERE cluster_name = $1",
+            &[&cluster],
         )
         .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(Row {
+                uid: r.try_get(0)?,
+                group: r.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
+                kind: r.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+                namespace: r.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
+                raw: r.try_get(4)?,
+                live: r.try_get(5)?,
+                object_rv: r.try_get(6)?,
+                raw_rv: r.try_get(7)?,
+            })
+        })
+        .collect()
+}
+
+pub async fn check(store: &Store, db: &Client, scope: &CheckScope) -> anyhow::Result<Verdict> {
+    let objects = watched_objects(store, scope);
+    // Every object the store still has, watched or not (any kind, any version).
+    let existing: HashSet<String> = store.list_all().iter().filter_map(uid_of).collect();
     let mut v = Verdict {
         objects: objects.len(),
         ..Verdict::default()
     };
     let mut seen = HashSet::new();
-    for row in rows {
-        let uid: String = row.get(0);
-        let raw: serde_json::Value = row.get(1);
-        let live: bool = row.get(2);
-        let orv: Option<i64> = row.get(3);
-        let raw_rv: Option<String> = row.get(4);
-        if live {
+    for row in rows(db, &scope.cluster).await? {
+        if row.live {
             v.live_rows += 1;
         } else {
             v.deleted_rows += 1;
         }
-        if let (Some(orv), Some(Ok(rrv))) = (orv, raw_rv.as_deref().map(str::parse::<i64>)) {
+        if let (Some(orv), Some(Ok(rrv))) =
+            (row.object_rv, row.raw_rv.as_deref().map(str::parse::<i64>))
+        {
             if orv != rrv {
-                v.inconsistent
-                    .push(format!("{uid} object_resource_version {orv} raw rv {rrv}"));
+                v.inconsistent.push(format!(
+                    "{} object_resource_version {orv} raw rv {rrv}",
+                    row.uid
+                ));
             }
         }
-        match objects.get(&uid) {
+        if !scope.watches(&row.group, &row.kind, &row.namespace) {
+            if !row.live {
+                continue;
+            }
+            if scope.managed_but_unwatched(&row.group, &row.namespace)
+                && !existing.contains(&row.uid)
+            {
+                v.not_deleted.push(format!(
+                    "{} (kind no longer watched: CRD gone or not served)",
+                    describe(&row.raw)
+                ));
+            } else if scope.unwatched_rows_deleted {
+                v.unwatched_live.push(describe(&row.raw));
+            }
+            continue;
+        }
+        match objects.get(&row.uid) {
             Some(obj) => {
-                seen.insert(uid.clone());
-                if !live {
-                    v.missing
-                        .push(format!("{} (row deleted, object live)", describe(obj)));
-                } else if raw != *obj {
-                    v.stale.push(format!(
+                seen.insert(row.uid.clone());
+                if !row.live {
+                    v.wrongly_deleted.push(format!(
                         "{} row rv {} object rv {}",
                         describe(obj),
-                        raw_rv.as_deref().unwrap_or("?"),
-                        obj.pointer("/metadata/resourceVersion")
-                            .and_then(|r| r.as_str())
-                            .unwrap_or("?")
+                        row.raw_rv.as_deref().unwrap_or("?"),
+                        rv_of(obj)
+                    ));
+                } else if row.raw != *obj {
+                    let av =
+                        |o: &serde_json::Value| o["apiVersion"].as_str().unwrap_or("?").to_owned();
+                    let versions = if av(&row.raw) == av(obj) {
+                        String::new()
+                    } else {
+                        format!(" (row {} object {})", av(&row.raw), av(obj))
+                    };
+                    v.stale.push(format!(
+                        "{} row rv {} object rv {}{versions}",
+                        describe(obj),
+                        row.raw_rv.as_deref().unwrap_or("?"),
+                        rv_of(obj)
                     ));
                 }
             }
-            None if live => v.not_deleted.push(describe(&raw)),
+            None if row.live => v.not_deleted.push(describe(&row.raw)),
             None => {}
         }
     }
@@ -198,7 +336,24 @@ pub async fn check(store: &Store, db: &Client, scope: &CheckScope) -> anyhow::Re
             v.missing.push(format!("{} (no row)", describe(obj)));
         }
     }
+    // Deterministic output: the first violation of a seed is the same on every run.
+    for list in [
+        &mut v.missing,
+        &mut v.wrongly_deleted,
+        &mut v.stale,
+        &mut v.not_deleted,
+        &mut v.unwatched_live,
+        &mut v.inconsistent,
+    ] {
+        list.sort();
+    }
     Ok(v)
+}
+
+fn rv_of(obj: &serde_json::Value) -> &str {
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(|r| r.as_str())
+        .unwrap_or("?")
 }
 
 /// Polls [`check`] until it is green; on timeout the error carries the last verdict.
@@ -222,100 +377,149 @@ pub async fn wait_converged(
     }
 }
 
-/// Samples the table while a test runs and records every row that went back in time: its
-/// `object_resource_version` decreased, or a deleted row came back to life without a newer
-/// state. Stop it with [`RegressionMonitor::finish`].
+/// Samples the table while a test runs (every `every`, ~100 ms) and records every row that went
+/// back in time: per `global_uid` the highest `object_resource_version` seen so far; any
+/// later sample with a lower one is a violation (a newer state was overwritten by an older
+/// one). A row that changes only between deleted and live at one resourceVersion is not a
+/// regression here (a wrong sweep tombstone repaired by a relist looks like that); whether
+/// it ends in the right state is the checker's verdict. Stop it with
+/// [`RegressionMonitor::finish`].
 pub struct RegressionMonitor {
-    violations: Arc<Mutex<Vec<String>>>,
-    samples: Arc<Mutex<u64>>,
-    stop: tokio_util_like::Stop,
+    shared: Arc<Mutex<Sampled>>,
+    stop: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
-mod tokio_util_like {
-    /// A tiny stop flag (testkit does not depend on tokio-util).
-    #[derive(Clone, Default)]
-    pub struct Stop(
-        std::sync::Arc<tokio::sync::Notify>,
-        std::sync::Arc<std::sync::atomic::AtomicBool>,
-    );
-    impl Stop {
-        pub fn fire(&self) {
-            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
-            self.0.notify_waiters();
-        }
-        pub fn fired(&self) -> bool {
-            self.1.load(std::sync::atomic::Ordering::SeqCst)
-        }
-        pub async fn wait(&self, d: std::time::Duration) {
-            let _ = tokio::time::timeout(d, self.0.notified()).await;
+#[derive(Default)]
+struct Sampled {
+    samples: u64,
+    violations: Vec<String>,
+    /// global_uid -> highest resourceVersion seen.
+    highest: HashMap<String, i64>,
+    /// (global_uid, lower resourceVersion) already reported: one violation, not one per sample.
+    reported: HashSet<(String, i64)>,
+}
+
+impl Sampled {
+    /// Folds one sample in; returns nothing, records violations.
+    fn observe(&mut self, global_uid: String, rv: i64) {
+        match self.highest.get_mut(&global_uid) {
+            Some(old) if rv < *old => {
+                let msg = format!("{global_uid}: resourceVersion {old} -> {rv}");
+                if self.reported.insert((global_uid, rv)) {
+                    self.violations.push(msg);
+                }
+            }
+            Some(old) => *old = rv,
+            None => {
+                self.highest.insert(global_uid, rv);
+            }
         }
     }
 }
 
 impl RegressionMonitor {
     pub fn start(db: Client, cluster: &str, every: Duration) -> RegressionMonitor {
-        let violations = Arc::new(Mutex::new(Vec::new()));
-        let samples = Arc::new(Mutex::new(0u64));
-        let stop = tokio_util_like::Stop::default();
-        let (v2, s2, stop2, cluster) = (
-            violations.clone(),
-            samples.clone(),
-            stop.clone(),
-            cluster.to_owned(),
-        );
+        let shared = Arc::new(Mutex::new(Sampled::default()));
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let (shared2, stop2, cluster) = (shared.clone(), stop.clone(), cluster.to_owned());
         let task = tokio::spawn(async move {
-            // global_uid -> (highest rv seen, deleted at that rv)
-            let mut seen: HashMap<String, (i64, bool)> = HashMap::new();
-            while !stop2.fired() {
+            loop {
+                // The table may not exist yet, or the query may fail: sample again later.
                 if let Ok(rows) = db
                     .query(
-                        "SELECT global_uid, object_resource_version, deleted_at IS NOT NULL
+                        "SELECT global_uid, object_resource_version
                            FROM krateo_resources WHERE cluster_name = $1",
                         &[&cluster],
                     )
                     .await
                 {
+                    let Ok(mut s) = shared2.lock() else { return };
                     for r in rows {
-                        let g: String = r.get(0);
-                        let Some(rv): Option<i64> = r.get(1) else {
+                        let (Ok(g), Ok(Some(rv))) =
+                            (r.try_get::<_, String>(0), r.try_get::<_, Option<i64>>(1))
+                        else {
                             continue;
                         };
-                        let deleted: bool = r.get(2);
-                        match seen.get(&g).copied() {
-                            Some((old, _)) if rv < old => v2
-                                .lock()
-                                .unwrap()
-                                .push(format!("{g}: resourceVersion {old} -> {rv}")),
-                            Some((old, true)) if rv == old && !deleted => v2.lock().unwrap().push(
-                                format!("{g}: deleted at rv {old}, then live again at the same rv"),
-                            ),
-                            _ => {}
-                        }
-                        let e = seen.entry(g).or_insert((rv, deleted));
-                        if rv >= e.0 {
-                            *e = (rv, deleted || (rv == e.0 && e.1));
-                        }
+                        s.observe(g, rv);
                     }
-                    *s2.lock().unwrap() += 1;
+                    s.samples += 1;
                 }
-                stop2.wait(every).await;
+                if tokio::time::timeout(every, stop2.notified()).await.is_ok() {
+                    return;
+                }
             }
         });
-        RegressionMonitor {
-            violations,
-            samples,
-            stop,
-            task,
-        }
+        RegressionMonitor { shared, stop, task }
+    }
+
+    /// Violations so far (the monitor keeps sampling).
+    pub fn violations(&self) -> Vec<String> {
+        self.shared
+            .lock()
+            .map(|s| s.violations.clone())
+            .unwrap_or_default()
+    }
+
+    /// Samples taken so far.
+    pub fn samples(&self) -> u64 {
+        self.shared.lock().map(|s| s.samples).unwrap_or_default()
     }
 
     /// Stops sampling; returns (samples taken, violations).
     pub async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.fire();
-        let _ = self.task.await;
-        let samples = *self.samples.lock().unwrap();
-        let v = self.violations.lock().unwrap().clone();
-        (samples, v)
+        self.stop.notify_one();
+        let RegressionMonitor { shared, task, .. } = self;
+        let _ = task.await;
+        shared
+            .lock()
+            .map(|s| (s.samples, s.violations.clone()))
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lower_resource_version_after_a_higher_one_is_a_regression() {
+        let mut s = Sampled::default();
+        s.observe("c:a".into(), 5);
+        s.observe("c:a".into(), 7);
+        s.observe("c:a".into(), 7);
+        s.observe("c:b".into(), 3);
+        assert!(s.violations.is_empty());
+        s.observe("c:a".into(), 6);
+        assert_eq!(s.violations, vec!["c:a: resourceVersion 7 -> 6"]);
+        // Seen again in the next sample: still one finding; the highest stays the reference.
+        s.observe("c:a".into(), 6);
+        assert_eq!(s.violations.len(), 1);
+        s.observe("c:a".into(), 5);
+        assert_eq!(s.violations.len(), 2);
+    }
+
+    #[test]
+    fn scopes_match_rows_by_group_kind_and_namespace() {
+        let scope = CheckScope {
+            cluster: "c".into(),
+            kinds: vec![
+                ("v1".into(), "Pod".into()),
+                (
+                    "composition.krateo.io/v1alpha2".into(),
+                    "FireworksApp".into(),
+                ),
+            ],
+            namespaces: vec!["a".into()],
+            managed_groups: Vec::new(),
+            unwatched_rows_deleted: true,
+        };
+        assert!(scope.watches("", "Pod", "a"));
+        assert!(!scope.watches("", "Pod", "b"));
+        assert!(scope.watches("composition.krateo.io", "FireworksApp", "a"));
+        assert!(!scope.watches("other.io", "FireworksApp", "a"));
+        assert!(!scope.watches("", "ConfigMap", "a"));
+        assert_eq!(group_of("v1"), "");
+        assert_eq!(group_of("apps/v1"), "apps");
     }
 }

@@ -107,6 +107,15 @@ impl Drop for TestDb {
     }
 }
 
+/// The effective uid is 0, via `id -u` (no libc dependency).
+pub(crate) fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
 /// A PostgreSQL server this test owns (`initdb` into a temporary directory, `pg_ctl` on a free
 /// port), so it can stop and start the server without disturbing anybody else.
 /// `initdb` refuses to run as root: as root, the binaries run as the `postgres` user with
@@ -172,13 +181,13 @@ impl PrivatePg {
         let Some(bin) = Self::bin_dir() else {
             return Ok(None);
         };
+        Self::start_with(bin).map(Some)
+    }
+
+    /// `initdb` + start with the server binaries in `bin`.
+    pub fn start_with(bin: std::path::PathBuf) -> anyhow::Result<PrivatePg> {
         let dir = tempfile::Builder::new().prefix("private-pg").tempdir()?;
-        // The effective uid, via `id -u` (no libc dependency).
-        let as_root = std::process::Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-            .unwrap_or(false);
+        let as_root = running_as_root();
         if as_root {
             let st = std::process::Command::new("chown")
                 .args(["-R", "postgres:"])
@@ -207,7 +216,7 @@ impl PrivatePg {
             ],
         )?;
         pg.pg_start()?;
-        Ok(Some(pg))
+        Ok(pg)
     }
 
     /// Starts the (stopped) server on its port; waits until it accepts connections.

@@ -62,6 +62,11 @@ impl IngesterProcess {
         self.child.id()
     }
 
+    /// The exit status if the process has ended (without waiting).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

@@ -1,5 +1,9 @@
 //! PostgreSQL: connection pool, start-up wait, schema, batch writer, scope snapshots.
 
+pub mod clusters;
+pub mod feed;
+pub mod history;
+pub mod ownership;
 pub mod resume;
 pub mod schema;
 pub mod snapshot;
@@ -91,43 +95,82 @@ pub enum ConnectError {
     Setup(String),
 }
 
+/// One connection, once PostgreSQL answers: retried with backoff (one log line per attempt)
+/// up to `DB_READY_TIMEOUT`.
+pub async fn wait_for_postgres(c: &Config) -> Result<tokio_postgres::Client, ConnectError> {
+    let pg = pg_config(c);
+    let tls = tls::make_tls(&c.db_params).map_err(|e| ConnectError::Setup(e.to_string()))?;
+    let target = format!("{}:{}/{}", c.db_host, c.db_port, c.db_name);
+    let deadline = Instant::now() + c.db_ready_timeout;
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match pg.connect(tls.clone()).await {
+            Ok((client, connection)) => {
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                info!(target = %target, attempt, "PostgreSQL reachable");
+                report_transport(&client, c).await;
+                return Ok(client);
+            }
+            Err(e) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(ConnectError::Timeout {
+                        target,
+                        timeout: c.db_ready_timeout,
+                        last_error: error_chain(&e),
+                    });
+                }
+                let wait = delay.min(deadline - now);
+                warn!(attempt, target = %target, error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "waiting for PostgreSQL");
+                tokio::time::sleep(wait).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Says at start-up how the connection is protected: libpq's `prefer` and `require` encrypt
+/// without checking who answers (kept, as libpq does), and `prefer` may even fall back to
+/// plain text. Whether TLS was negotiated is asked from the server (`pg_stat_ssl` of this
+/// backend), the only place that knows after `prefer` chose.
+async fn report_transport(client: &tokio_postgres::Client, c: &Config) {
+    let encrypted = match client
+        .query_opt(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+    {
+        Ok(Some(row)) => row.try_get::<_, bool>(0).ok(),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(error = %error_chain(&e), "pg_stat_ssl not readable; transport not reported");
+            None
+        }
+    };
+    let Some(encrypted) = encrypted else { return };
+    crate::events::DatabaseTransport {
+        sslmode: c.db_params.sslmode.as_str(),
+        encrypted,
+        certificate_verified: encrypted
+            && matches!(c.db_params.sslmode, SslMode::VerifyCa | SslMode::VerifyFull),
+        password_used: !c.db_pass.expose().is_empty(),
+    }
+    .emit();
+}
+
 impl Database {
     /// Waits for PostgreSQL (backoff, one log line per attempt, up to `DB_READY_TIMEOUT`),
     /// ensures the schema, and builds the pool.
     pub async fn connect(c: &Config, pool_size: usize) -> Result<Database, ConnectError> {
         let pg = pg_config(c);
         let tls = tls::make_tls(&c.db_params).map_err(|e| ConnectError::Setup(e.to_string()))?;
-        let target = format!("{}:{}/{}", c.db_host, c.db_port, c.db_name);
-        let deadline = Instant::now() + c.db_ready_timeout;
-        let mut delay = Duration::from_millis(200);
-        let mut attempt = 0u32;
-        let client = loop {
-            attempt += 1;
-            match pg.connect(tls.clone()).await {
-                Ok((client, connection)) => {
-                    tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
-                    break client;
-                }
-                Err(e) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(ConnectError::Timeout {
-                            target,
-                            timeout: c.db_ready_timeout,
-                            last_error: error_chain(&e),
-                        });
-                    }
-                    let wait = delay.min(deadline - now);
-                    warn!(attempt, target = %target, error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "waiting for PostgreSQL");
-                    tokio::time::sleep(wait).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
-        info!(target = %target, attempt, "PostgreSQL reachable");
-        let schema = schema::ensure_schema(&client).await?;
+        let client = wait_for_postgres(c).await?;
+        let schema = schema::ensure_schema_with(&client, c.history).await?;
         drop(client);
 
         let staging = schema::staging_ddl(schema);

@@ -28,7 +28,27 @@ pub async fn load(pool: &Pool, cluster: &str, scope: &str) -> Result<Option<i64>
         )
         .await
         .map_err(|e| e.to_string())?;
-    Ok(row.map(|r| r.get(0)))
+    // A NULL (a table changed by hand) reads as no resume point: the watch lists.
+    Ok(row.and_then(|r| r.try_get::<_, Option<i64>>(0).ok().flatten()))
+}
+
+/// Drops the resume points of every scope of a kind (its CRD is gone): a later watch of it
+/// lists, and that list repairs rows a sweep marked deleted whose object is alive.
+pub async fn forget_kind(
+    pool: &Pool,
+    cluster: &str,
+    group: &str,
+    plural: &str,
+) -> Result<u64, String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    client
+        .execute(
+            "DELETE FROM krateo_ingester_watch_state
+              WHERE cluster_name = $1 AND split_part(scope, '/', 1) = $2 AND split_part(scope, '/', 3) = $3",
+            &[&cluster, &group, &plural],
+        )
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Stores `rv` unless a newer point is already stored (resourceVersions only grow).

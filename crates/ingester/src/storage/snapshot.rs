@@ -62,6 +62,31 @@ impl ScopeSnapshot {
         self.rows.is_empty()
     }
 
+    /// Whether live rows of the scope are stored at another API version than the one it is
+    /// watched at: then only a list rewrites them (a resume point of this version, stored
+    /// before another version was watched, would leave them there).
+    pub async fn has_rows_at_other_versions(pool: &Pool, scope: &Scope) -> Result<bool, String> {
+        let client = pool.get().await.map_err(|e| e.to_string())?;
+        let row = client
+            .query_opt(
+                "SELECT 1 FROM krateo_resources
+                  WHERE cluster_name = $1 AND resource_group = $2 AND resource_plural = $3
+                    AND resource_version <> $4 AND deleted_at IS NULL
+                    AND ($5::text IS NULL OR namespace = $5)
+                  LIMIT 1",
+                &[
+                    &scope.cluster,
+                    &scope.group,
+                    &scope.plural,
+                    &scope.version,
+                    &scope.namespace,
+                ],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(row.is_some())
+    }
+
     /// Loads the live rows of a scope (streamed, so only the pairs are held).
     pub async fn load(pool: &Pool, scope: &Scope) -> Result<ScopeSnapshot, String> {
         let client = pool.get().await.map_err(|e| e.to_string())?;
@@ -88,7 +113,11 @@ impl ScopeSnapshot {
         pin_mut!(stream);
         let mut rows = HashMap::new();
         while let Some(row) = stream.try_next().await.map_err(|e| e.to_string())? {
-            rows.insert(row.get::<_, String>(0), row.get::<_, Option<i64>>(1));
+            // A row without a uid (a table written by someone else) cannot be an object's
+            // row: it is neither compared nor swept.
+            if let Ok(Some(uid)) = row.try_get::<_, Option<String>>(0) {
+                rows.insert(uid, row.try_get::<_, Option<i64>>(1).ok().flatten());
+            }
         }
         Ok(ScopeSnapshot { rows })
     }

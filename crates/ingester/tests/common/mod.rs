@@ -155,3 +155,95 @@ pub fn pod(ns: &str, name: &str) -> Value {
 pub fn configmap(ns: &str, name: &str, data: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": data})
 }
+
+/// A CustomResourceDefinition with the given versions (name, served, storage) and scope
+/// (`Namespaced` or `Cluster`).
+pub fn crd_json(
+    group: &str,
+    plural: &str,
+    kind: &str,
+    versions: &[(&str, bool, bool)],
+    scope: &str,
+) -> Value {
+    let versions: Vec<Value> = versions
+        .iter()
+        .map(|(name, served, storage)| {
+            json!({"name": name, "served": served, "storage": storage,
+                   "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}})
+        })
+        .collect();
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{plural}.{group}")},
+        "spec": {"group": group, "scope": scope,
+                 "names": {"plural": plural, "singular": plural.trim_end_matches('s'), "kind": kind, "listKind": format!("{kind}List")},
+                 "versions": versions}
+    })
+}
+
+/// A custom resource (cluster-scoped when `ns` is `None`).
+pub fn cr_json(group: &str, version: &str, kind: &str, ns: Option<&str>, name: &str) -> Value {
+    let mut v = json!({"apiVersion": format!("{group}/{version}"), "kind": kind,
+                       "metadata": {"name": name}, "spec": {"replicas": 1}});
+    if let Some(ns) = ns {
+        v["metadata"]["namespace"] = json!(ns);
+    }
+    v
+}
+
+/// Fast resume points, for tests that wait on [`Harness::wait_watches_past`].
+pub const FAST_CHECKPOINTS: (&str, &str) = ("CHECKPOINT_INTERVAL", "100ms");
+
+impl Harness {
+    /// The stored resume points: scope -> resourceVersion.
+    pub async fn resume_points(&self) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
+        let c = self.db.client().await?;
+        let rows = c
+            .query(
+                "SELECT scope, resource_version FROM krateo_ingester_watch_state WHERE cluster_name = $1",
+                &[&CLUSTER],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Waits until every stored resume point of a scope starting with one of `prefixes` is
+    /// past `rv`, and each of `required` has one. A resume point is stored only once the lanes
+    /// committed everything its watch delivered before it, so with a marker object created
+    /// after the object at `rv` in every scope that should be watched, an object at `rv` that
+    /// is still without a row was filtered, not "not yet written": a watch that let it through
+    /// (a wrong scope, or one shared with the marker) has either committed it or is stuck
+    /// at it. (Points move on a scope's own events: the list-and-watch path does not see
+    /// bookmarks.) Needs [`FAST_CHECKPOINTS`] in the ingester's environment.
+    pub async fn wait_watches_past(
+        &self,
+        prefixes: &[&str],
+        rv: &str,
+        required: &[&str],
+    ) -> anyhow::Result<()> {
+        let rv: i64 = rv.parse()?;
+        testkit::eventually(
+            &format!("resume points of {prefixes:?} past {rv}, {required:?} among them"),
+            WAIT,
+            || async {
+                let points = self.resume_points().await.map_err(|e| e.to_string())?;
+                let missing: Vec<&&str> = required
+                    .iter()
+                    .filter(|s| !points.contains_key(**s))
+                    .collect();
+                let behind: Vec<(&String, &i64)> = points
+                    .iter()
+                    .filter(|(s, p)| prefixes.iter().any(|x| s.starts_with(x)) && **p <= rv)
+                    .collect();
+                if missing.is_empty() && behind.is_empty() {
+                    Ok(Some(()))
+                } else {
+                    Err(format!(
+                        "no resume point: {missing:?}; not past: {behind:?}"
+                    ))
+                }
+            },
+        )
+        .await
+    }
+}

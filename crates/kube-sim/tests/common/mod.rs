@@ -62,12 +62,18 @@ pub struct Kubectl {
     pub kubeconfig: PathBuf,
 }
 
+/// Whether kubectl can run. A developer without it gets a SKIPPED line; under `CI=true` a
+/// missing kubectl fails the test, so CI never passes without having run the kubectl tests.
 pub fn kubectl_present() -> bool {
     let ok = std::process::Command::new("kubectl")
         .args(["version", "--client"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "kubectl is not installed, and CI=true requires the kubectl tests to run"
+        );
         eprintln!("SKIPPED: kubectl is not installed; install kubectl to run the kubectl tests");
     }
     ok

@@ -77,3 +77,21 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "resources-ingester.leaseName" -}}
 {{- default (include "resources-ingester.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
+
+{{/*
+DB_PARAMS: db.params, and with a CA (db.tls.caSecret) whose params name no sslmode,
+sslmode=<db.tls.sslmode> (verify-full by default) and sslrootcert=<the mounted CA> in front:
+a CA that is provided is used to verify the server. Empty db.tls.sslmode leaves db.params as is.
+*/}}
+{{- define "resources-ingester.dbParams" -}}
+{{- $params := .Values.db.params | default "" -}}
+{{- $mode := .Values.db.tls.sslmode | default "" -}}
+{{- if and .Values.db.tls.caSecret $mode (not (contains "sslmode=" $params)) -}}
+{{- $tls := printf "sslmode=%s" $mode -}}
+{{- if not (contains "sslrootcert=" $params) -}}
+{{- $tls = printf "%s&sslrootcert=%s/%s" $tls (trimSuffix "/" .Values.db.tls.mountPath) .Values.db.tls.caKey -}}
+{{- end -}}
+{{- $params = ternary $tls (printf "%s&%s" $tls $params) (eq $params "") -}}
+{{- end -}}
+{{- $params -}}
+{{- end }}

@@ -1,0 +1,152 @@
+//! `converge-fuzz`: the seeded randomized convergence run (issue 11). For each seed, the real
+//! ingester binary against kube-sim and a real PostgreSQL, a random schedule of changes and
+//! faults, and the convergence checker at every quiet point. One line per seed, then the
+//! totals; exit 1 when any seed failed.
+//!
+//! `cargo run --release -p testkit --bin converge-fuzz -- --seeds 20`
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use testkit::fuzz::{run_seed, FuzzOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "converge-fuzz",
+    about = "Seeded randomized convergence run of the ingester against kube-sim and PostgreSQL"
+)]
+struct Args {
+    /// Run N seeds: FIRST..FIRST+N-1 (seeds 1..=N by default).
+    #[arg(long, conflicts_with = "seed")]
+    seeds: Option<u64>,
+    /// The first seed of `--seeds`.
+    #[arg(long, default_value_t = 1)]
+    first: u64,
+    /// Run this one seed (repeatable).
+    #[arg(long)]
+    seed: Vec<u64>,
+    /// Target seconds per seed (sets the number of phases, one per 4 s; same seed and
+    /// duration, same schedule).
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// The ingester binary (default: resources-ingester next to this binary, i.e.
+    /// target/<profile>/resources-ingester).
+    #[arg(long)]
+    ingester: Option<PathBuf>,
+    /// Do not require rows of scopes no longer watched (after a redeploy) to be marked deleted.
+    #[arg(long)]
+    no_retire_check: bool,
+    /// Leave out the faults of real API servers (lagging caches, replicas, replays, late
+    /// bookmarks, stalls, silent watches): the schedules seeds played before those existed
+    #[arg(long)]
+    no_api_server_faults: bool,
+    /// Seconds a quiet point waits for convergence.
+    #[arg(long, default_value_t = 30)]
+    converge_timeout: u64,
+    /// Seeds run side by side (each has its own kube-sim, database and ingesters); lines are
+    /// printed as seeds finish.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    jobs: u64,
+    /// Where failing seeds leave their trace and ingester logs.
+    #[arg(long, default_value = "target/converge-fuzz")]
+    artifacts: PathBuf,
+}
+
+/// SIGINT or SIGTERM.
+async fn stop_requested() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn default_ingester() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("resources-ingester")))
+        .unwrap_or_else(|| PathBuf::from("resources-ingester"))
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let seeds: Vec<u64> = match (args.seeds, args.seed.is_empty()) {
+        (Some(n), _) => (args.first..args.first.saturating_add(n)).collect(),
+        (None, false) => args.seed.clone(),
+        (None, true) => (1..=20).collect(),
+    };
+    let mut opts = FuzzOptions::new(
+        args.ingester.clone().unwrap_or_else(default_ingester),
+        Duration::from_secs(args.duration),
+    );
+    opts.retire_check = !args.no_retire_check;
+    opts.api_server_faults = !args.no_api_server_faults;
+    opts.converge_timeout = Duration::from_secs(args.converge_timeout);
+    opts.artifacts = Some(args.artifacts.clone());
+    if !opts.ingester.exists() {
+        eprintln!(
+            "no ingester binary at {}: build it first (cargo build --release -p resources-ingester) or pass --ingester",
+            opts.ingester.display()
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let (mut changes, mut faults) = (0u64, 0u64);
+    let mut steps: std::collections::BTreeMap<&'static str, u64> =
+        std::collections::BTreeMap::new();
+    let mut pending = seeds.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < args.jobs as usize {
+            let Some(seed) = pending.next() else { break };
+            let opts = opts.clone();
+            running.spawn(async move { run_seed(seed, &opts).await });
+        }
+        let done = tokio::select! {
+            done = running.join_next() => done,
+            _ = stop_requested() => {
+                // Dropping the seeds' futures stops their ingesters and kube-sims.
+                running.abort_all();
+                while running.join_next().await.is_some() {}
+                eprintln!("interrupted");
+                return std::process::ExitCode::from(130);
+            }
+        };
+        let Some(done) = done else {
+            break;
+        };
+        let report = match done {
+            Ok(r) => r,
+            Err(e) => {
+                println!("a seed's task failed: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        println!("{}", report.line(&opts));
+        changes += report.changes;
+        faults += report.faults;
+        for (step, n) in &report.steps {
+            *steps.entry(*step).or_insert(0u64) += *n;
+        }
+        if report.passed() {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    println!("total: {changes} changes made, {faults} faults injected");
+    let by_kind: Vec<String> = steps.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!("steps by kind: {}", by_kind.join(", "));
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
