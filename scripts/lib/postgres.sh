@@ -47,11 +47,16 @@ start_system_pg() {
     return 1
 }
 
-# A port nobody listens on (pure bash: a fresh machine may lack python3 and curl).
+# A port nobody listens on, outside the kernel's ephemeral range (an outgoing connection may
+# take a port from inside it between this probe and the server's bind). Pure bash: a fresh
+# machine may lack python3 and curl.
 free_tcp_port() {
-    local port
+    local port lo=10000 hi=32767 eph_lo eph_hi
+    if read -r eph_lo eph_hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null; then
+        if [ "$eph_lo" -gt 11000 ]; then hi=$((eph_lo - 1)); else lo=$((eph_hi + 1)); hi=65535; fi
+    fi
     while :; do
-        port=$((20000 + RANDOM % 40000))
+        port=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1)))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return 0
@@ -86,9 +91,19 @@ start_private_pg() {
     fi
     "${run[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \
         || { cat "$dir/initdb.log" >&2; return 1; }
-    "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null \
-        || { cat "$dir/server.log" >&2; return 1; }
+    # The port was free when chosen; another process may bind it first: then take another.
+    local attempt
+    for attempt in 1 2 3 4 5; do
+        "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+            -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null && break
+        if [ "$attempt" -lt 5 ] && grep -q "could not create any TCP/IP sockets" "$dir/server.log"; then
+            pg_log "port $port was taken; trying another"
+            port=$(free_tcp_port)
+            continue
+        fi
+        cat "$dir/server.log" >&2
+        return 1
+    done
     PRIVATE_PG_PORT=$port
     PRIVATE_PG_DIR=$dir
     pg_log "private PostgreSQL on 127.0.0.1:$port (data in $dir/data)"

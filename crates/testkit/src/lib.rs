@@ -48,12 +48,56 @@ pub fn missing_tool(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A TCP port free right now on 127.0.0.1.
+/// A TCP port free right now on 127.0.0.1, for a server a test is about to start.
+///
+/// Chosen outside the kernel's ephemeral range: a port from inside it (what binding port 0
+/// gives) can be taken by any outgoing connection between this probe and the server's own
+/// bind, and a suite that opens thousands of connections makes that happen (a PostgreSQL of
+/// CI once failed with "could not bind ... Address already in use" that way). Ports already
+/// handed out by this process are not handed out again. A server that still finds its port
+/// taken is restarted on another one by its starter (see [`pg::PrivatePg::start_with`]).
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let (lo, hi) = outside_ephemeral_range();
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(lo..=hi);
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    // Every probe failed (a machine with almost no free ports): let the kernel choose.
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
+}
+
+/// The widest port range (inclusive) outside `net.ipv4.ip_local_port_range` and below it or
+/// above it, whichever is larger; 10000..=32767 with Linux's default range.
+fn outside_ephemeral_range() -> (u16, u16) {
+    let (eph_lo, eph_hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    let below = eph_lo.saturating_sub(1).saturating_sub(10000);
+    let above = u16::MAX.saturating_sub(eph_hi.saturating_add(1));
+    if below >= above && below > 100 {
+        (10000, eph_lo - 1)
+    } else if above > 100 {
+        (eph_hi + 1, u16::MAX)
+    } else {
+        (10000, 65000)
+    }
 }
 
 pub mod proxy;

@@ -195,7 +195,7 @@ impl PrivatePg {
                 .status()?;
             anyhow::ensure!(st.success(), "chown postgres {}", dir.path().display());
         }
-        let pg = PrivatePg {
+        let mut pg = PrivatePg {
             port: crate::free_port(),
             bin,
             dir,
@@ -215,8 +215,24 @@ impl PrivatePg {
                 "UTF8",
             ],
         )?;
-        pg.pg_start()?;
-        Ok(pg)
+        // The port was free when chosen; another process may bind it before the server does.
+        let mut attempt = 1;
+        loop {
+            match pg.pg_start() {
+                Ok(()) => return Ok(pg),
+                Err(e)
+                    if attempt < 5 && pg.log().contains("could not create any TCP/IP sockets") =>
+                {
+                    eprintln!(
+                        "private PostgreSQL: port {} was taken ({e}); trying another",
+                        pg.port
+                    );
+                    pg.port = crate::free_port();
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Starts the (stopped) server on its port; waits until it accepts connections.
