@@ -307,11 +307,8 @@ async fn an_unreadable_kube_system_fails_unless_cluster_id_is_set() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_fails_and_the_api_server_is_still_checked() -> anyhow::Result<()> {
     let h = Harness::new().await?;
-    // A port nobody listens on: bound, then released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port()
-        .to_string();
+    // A port nobody listens on.
+    let port = testkit::free_port().to_string();
     let out = check(
         &h,
         &[
