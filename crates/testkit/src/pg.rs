@@ -4,6 +4,7 @@
 
 use tokio_postgres::{Client, NoTls};
 
+#[derive(Clone)]
 pub struct PgServer {
     pub host: String,
     pub port: u16,
@@ -82,9 +83,19 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let conn = self.server.conn_string("postgres");
-        // Drop runs outside any runtime guarantee: use a private one on a helper thread.
+        self.server.execute_from_drop(
+            "postgres",
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+impl PgServer {
+    /// Runs `sql` in database `db` and waits for it, from a `Drop` (clean-up of a test's
+    /// databases and roles): a `Drop` may run with or without a runtime around it, so this
+    /// uses a private one on a helper thread. Errors are ignored (clean-up is best effort).
+    pub fn execute_from_drop(&self, db: &str, sql: String) {
+        let conn = self.conn_string(db);
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -97,9 +108,7 @@ impl Drop for TestDb {
                     tokio::spawn(async move {
                         let _ = c.await;
                     });
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
+                    let _ = client.batch_execute(&sql).await;
                 }
             });
         })

@@ -130,12 +130,10 @@ impl Krateo {
     }
 
     pub fn server_as(&self, role: &str) -> PgServer {
-        let s = &self.h().db.server;
         PgServer {
-            host: s.host.clone(),
-            port: s.port,
             user: role.to_owned(),
             password: String::new(),
+            ..self.h().db.server.clone()
         }
     }
 
@@ -192,30 +190,13 @@ impl Krateo {
 impl Drop for Krateo {
     fn drop(&mut self) {
         let Some(h) = self.h.take() else { return };
-        let s = &h.db.server;
-        let admin = PgServer {
-            host: s.host.clone(),
-            port: s.port,
-            user: s.user.clone(),
-            password: s.password.clone(),
-        };
+        let admin = h.db.server.clone();
         // The database (with the roles' objects and default privileges) goes first.
         drop(h);
-        let roles = format!("DROP ROLE IF EXISTS {}, {}", self.owner, self.ingester);
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(c) = admin.connect("postgres").await {
-                    let _ = c.batch_execute(&roles).await;
-                }
-            });
-        })
-        .join();
+        admin.execute_from_drop(
+            "postgres",
+            format!("DROP ROLE IF EXISTS {}, {}", self.owner, self.ingester),
+        );
     }
 }
 
