@@ -103,24 +103,16 @@ pub async fn kube_config() -> anyhow::Result<kube::Config> {
 /// Runs the service until SIGTERM/SIGINT (or `shutdown` is cancelled).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     install_panic_reporter();
+    let stop = stop_on_signal(&shutdown);
     let (routes, groups) = load_routes(&config)?;
     info!(static_routes = routes.routes.len(), managed_groups = groups.iter().count(), namespaces = ?config.namespaces.0, "starting");
 
     let metrics = Arc::new(Metrics::new());
-
-    crate::events::FieldPolicyStarted {
-        redact: config.redact_sensitive,
-        sensitive_kinds: &config.sensitive_kinds.to_string(),
-        prune_fields: &config.prune_fields.to_string(),
-    }
-    .emit(&metrics);
-    let field_policy = Arc::new(crate::fields::FieldPolicy::new(
-        config.redact_sensitive,
-        &config.sensitive_kinds,
-        &config.prune_fields,
-    ));
-    let lanes_n = config.workers as usize;
-    let db = Database::connect(&config, lanes_n + 3).await?;
+    let field_policy = field_policy(&config, &metrics);
+    let connect = Database::connect(&config, config.workers as usize + 3);
+    let Some(db) = unless_stopped(&stop, async { Ok(connect.await?) }).await? else {
+        return Ok(());
+    };
     metrics.db_up.set(1);
 
     let kube_config = kube_config().await?;
@@ -147,80 +139,193 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let client = crate::apiclient::build(kube_config, metrics.clone(), config.api_compression)?;
     // Before the Lease, retiring and any watch: a name another cluster owns writes nothing.
-    claim_cluster_name(&db, &cluster, &config, &client).await?;
+    let claim = claim_cluster_name(&db, &cluster, &config, &client);
+    if unless_stopped(&stop, claim).await?.is_none() {
+        servers.cancel();
+        return Ok(());
+    }
 
-    // One SIGTERM/SIGINT listener for the whole run (a standby may get it while waiting).
-    let term = shutdown_signal();
-    tokio::pin!(term);
-    // Leader election: a standby waits here (ready, no watch, no write) until it holds the
-    // Lease; the leader keeps renewing it in the background (see leader.rs).
-    let lease_stop = CancellationToken::new();
     let lease_lost = CancellationToken::new();
-    let mut lease_keeper = None;
-    if config.leader_election {
-        metrics.is_leader.set(0);
-        let mut elector = crate::leader::LeaderElector::new(
-            client.clone(),
-            crate::leader::LeaseSettings::from_config(&config),
-        );
-        info!(identity = elector.identity(), lease = %config.lease_name, "leader election on: waiting for the lease");
-        let stop_waiting = CancellationToken::new();
-        let standby = tokio::select! {
-            _ = shutdown.cancelled() => Err(None),
-            _ = &mut term => Err(None),
-            report = task_panicked() => Err(Some(report)),
-            server = server_ended(&mut server_tasks) => Err(Some(server)),
-            ok = elector.acquire(&stop_waiting) => if ok { Ok(()) } else { Err(None) },
-        };
-        if standby.is_err() {
-            servers.cancel();
-        }
-        match standby {
-            Ok(()) => {}
-            Err(None) => {
+    let leadership = if config.leader_election {
+        let stopped = stop_or_failure(&stop, &mut server_tasks);
+        match stand_by(&config, &client, &metrics, &lease_lost, stopped).await {
+            Standby::Leads(leadership) => {
+                health.add_static_routes(routes.routes.len());
+                Some(leadership)
+            }
+            Standby::Stopped => {
+                servers.cancel();
                 info!("stopped while standing by; bye");
                 return Ok(());
             }
-            Err(Some(failure)) => {
+            Standby::Failed(failure) => {
+                servers.cancel();
                 crate::events::ServiceFailed { failure: &failure }.emit();
                 return Err(Stopped::TaskFailed(failure).into());
             }
         }
-        let (stop, lost) = (lease_stop.clone(), lease_lost.clone());
-        // A keeper that panics renews no more: the lease counts as lost at once.
-        let lost_unless_returned = lease_lost.clone().drop_guard();
-        lease_keeper = Some(tokio::spawn(named("lease keeper", async move {
-            let elector = elector.keep(stop, lost).await;
-            lost_unless_returned.disarm();
-            elector
-        })));
-        health.add_static_routes(routes.routes.len());
-    }
+    } else {
+        None
+    };
     metrics.is_leader.set(1);
 
-    if config.history {
-        // Before any write (retiring included): today's history rows find their partition.
-        crate::storage::history::upkeep_once(
-            &db.pool,
-            crate::storage::history::retention_days(config.history_retention),
-            &metrics,
-        )
-        .await;
+    let prepare_table = async {
+        if config.history {
+            // Before any write (retiring included): today's history rows find their partition.
+            crate::storage::history::upkeep_once(
+                &db.pool,
+                crate::storage::history::retention_days(config.history_retention),
+                &metrics,
+            )
+            .await;
+        }
+        retire_uncovered_rows(&db, &cluster, &config, &routes, &groups, &metrics).await
+    };
+    if unless_stopped(&stop, prepare_table).await?.is_none() {
+        servers.cancel();
+        return Ok(());
     }
 
-    retire_uncovered_rows(&db, &cluster, &config, &routes, &groups, &metrics).await?;
+    let (lanes, lane_tracker) =
+        start_lanes(&config, &db, &cluster, &metrics, &health, field_policy);
+    let ctx = Arc::new(WatchContext {
+        client,
+        lanes,
+        db,
+        cluster: cluster.clone(),
+        metrics: metrics.clone(),
+        health,
+        list_permits: Arc::new(Semaphore::new(config.list_concurrency as usize)),
+        page_size: config.list_page_size,
+        streaming_lists: config.streaming_lists,
+        resume: config.watch_resume,
+        checkpoint_interval: config.checkpoint_interval,
+    });
+    // The context (and with it the lanes' senders) lives on in the watch tasks only: the
+    // lanes end once every watch has ended.
+    let (watches, watch_tracker) = start_watches(&config, ctx, &routes, groups);
+    let pipeline = Pipeline {
+        watches,
+        watch_tracker,
+        lane_tracker,
+    };
 
-    let lane_tracker = TaskTracker::new();
+    info!(cluster = %cluster, "running");
+    crate::supervisor::debug_hooks::spawn_unnamed_panic_if_requested();
+    let failure = tokio::select! {
+        failure = stop_or_failure(&stop, &mut server_tasks) => failure,
+        _ = lease_lost.cancelled() => return Err(lease_lost_now(&servers, &metrics)),
+    };
+    pipeline
+        .shut_down(
+            failure,
+            leadership,
+            &lease_lost,
+            &servers,
+            &metrics,
+            config.shutdown_timeout,
+        )
+        .await
+}
+
+/// The field policies of this configuration (redaction, pruning), announced once.
+fn field_policy(config: &Config, metrics: &Metrics) -> Arc<crate::fields::FieldPolicy> {
+    crate::events::FieldPolicyStarted {
+        redact: config.redact_sensitive,
+        sensitive_kinds: &config.sensitive_kinds.to_string(),
+        prune_fields: &config.prune_fields.to_string(),
+    }
+    .emit(metrics);
+    Arc::new(crate::fields::FieldPolicy::new(
+        config.redact_sensitive,
+        &config.sensitive_kinds,
+        &config.prune_fields,
+    ))
+}
+
+/// What ends the service from outside the pipeline: a requested stop (`None`: `shutdown`
+/// cancelled, SIGTERM or SIGINT), or a failure named (a task that panicked, a probe or
+/// metrics server that ended).
+async fn stop_or_failure(
+    stop: &CancellationToken,
+    server_tasks: &mut Vec<health::ServerTask>,
+) -> Option<String> {
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        report = task_panicked() => Some(report),
+        server = server_ended(server_tasks) => Some(server),
+    }
+}
+
+/// The Lease this replica holds, renewed by a background keeper until `stop`.
+struct Leadership {
+    keeper: tokio::task::JoinHandle<crate::leader::LeaderElector>,
+    stop: CancellationToken,
+}
+
+/// How standing by for the Lease ended.
+enum Standby {
+    Leads(Leadership),
+    /// A requested stop came first.
+    Stopped,
+    Failed(String),
+}
+
+/// Leader election: a standby waits here (ready, no watch, no write) until it holds the
+/// Lease or `stop` ends the wait; the leader then keeps renewing it in the background (see
+/// leader.rs) and cancels `lease_lost` when it cannot.
+async fn stand_by(
+    config: &Config,
+    client: &kube::Client,
+    metrics: &Metrics,
+    lease_lost: &CancellationToken,
+    stop: impl std::future::Future<Output = Option<String>>,
+) -> Standby {
+    metrics.is_leader.set(0);
+    let mut elector = crate::leader::LeaderElector::new(
+        client.clone(),
+        crate::leader::LeaseSettings::from_config(config),
+    );
+    info!(identity = elector.identity(), lease = %config.lease_name, "leader election on: waiting for the lease");
+    let stop_waiting = CancellationToken::new();
+    tokio::select! {
+        stopped = stop => return stopped.map_or(Standby::Stopped, Standby::Failed),
+        acquired = elector.acquire(&stop_waiting) => if !acquired {
+            return Standby::Stopped;
+        },
+    }
+    let stop = CancellationToken::new();
+    let (keeper_stop, lost) = (stop.clone(), lease_lost.clone());
+    // A keeper that panics renews no more: the lease counts as lost at once.
+    let lost_unless_returned = lease_lost.clone().drop_guard();
+    let keeper = tokio::spawn(named("lease keeper", async move {
+        let elector = elector.keep(keeper_stop, lost).await;
+        lost_unless_returned.disarm();
+        elector
+    }));
+    Standby::Leads(Leadership { keeper, stop })
+}
+
+/// The lanes that write the table, with the tracker that says when they have ended.
+fn start_lanes(
+    config: &Config,
+    db: &Database,
+    cluster: &Arc<str>,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    fields: Arc<crate::fields::FieldPolicy>,
+) -> (Lanes, TaskTracker) {
+    let tracker = TaskTracker::new();
     let lanes = Lanes::start(
         LaneSettings {
-            lanes: lanes_n,
+            lanes: config.workers as usize,
             capacity: config.queue_capacity as usize,
             batch_size: config.batch_size as usize,
             flush_interval: config.flush_interval,
             queue_bytes: config.queue_bytes,
             batch_bytes: config.batch_bytes,
             composition_fallback: config.composition_id_fallback,
-            fields: field_policy,
+            fields,
         },
         cluster.clone(),
         BatchWriter::with_options(
@@ -233,30 +338,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ),
         metrics.clone(),
         health.clone(),
-        &lane_tracker,
+        &tracker,
     );
-    lane_tracker.close();
+    tracker.close();
+    (lanes, tracker)
+}
 
-    let ctx = Arc::new(WatchContext {
-        client: client.clone(),
-        lanes: lanes.clone(),
-        db: db.clone(),
-        cluster: cluster.clone(),
-        metrics: metrics.clone(),
-        health: health.clone(),
-        list_permits: Arc::new(Semaphore::new(config.list_concurrency as usize)),
-        page_size: config.list_page_size,
-        streaming_lists: config.streaming_lists,
-        resume: config.watch_resume,
-        checkpoint_interval: config.checkpoint_interval,
-    });
-
+/// The watches of the static routes, the CRD manager and the background loops (database
+/// ping, history upkeep, status log), all stopped by the returned token; the tracker says
+/// when the tracked ones have ended.
+fn start_watches(
+    config: &Config,
+    ctx: Arc<WatchContext>,
+    routes: &StaticRoutes,
+    groups: ManagedGroups,
+) -> (CancellationToken, TaskTracker) {
     let watches = CancellationToken::new();
-    let watch_tracker = TaskTracker::new();
+    let tracker = TaskTracker::new();
     let (crd_tx, crd_rx) = mpsc::channel(256);
     for route in &routes.routes {
         let crd_events = route.is_crd().then(|| crd_tx.clone());
-        watch_tracker.spawn(named(
+        tracker.spawn(named(
             format!("static route {route}"),
             run_static_route(
                 ctx.clone(),
@@ -275,20 +377,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         routes.kinds(),
         watches.clone(),
     );
-    watch_tracker.spawn(named("CRD manager", manager.run(crd_rx)));
-    watch_tracker.close();
+    tracker.spawn(named("CRD manager", manager.run(crd_rx)));
+    tracker.close();
 
-    watch_tracker.spawn(named(
+    tracker.spawn(named(
         "database pinger",
-        db_pinger(db.clone(), health.clone(), watches.clone()),
+        db_pinger(ctx.db.clone(), ctx.health.clone(), watches.clone()),
     ));
     if config.history {
-        watch_tracker.spawn(named(
+        tracker.spawn(named(
             "history upkeep",
             crate::storage::history::upkeep(
-                db.pool.clone(),
+                ctx.db.pool.clone(),
                 crate::storage::history::retention_days(config.history_retention),
-                metrics.clone(),
+                ctx.metrics.clone(),
                 watches.clone(),
             ),
         ));
@@ -296,59 +398,73 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tokio::spawn(named(
         "status log",
         status_loop(
-            metrics.clone(),
-            health.clone(),
+            ctx.metrics.clone(),
+            ctx.health.clone(),
             config.status_interval,
             watches.clone(),
         ),
     ));
-    drop(ctx);
-    drop(lanes);
+    (watches, tracker)
+}
 
-    info!(cluster = %cluster, "running");
-    crate::supervisor::debug_hooks::spawn_unnamed_panic_if_requested();
-    let failure = tokio::select! {
-        _ = shutdown.cancelled() => None,
-        _ = &mut term => None,
-        _ = lease_lost.cancelled() => return Err(lease_lost_now(&servers, &metrics)),
-        report = task_panicked() => Some(report),
-        server = server_ended(&mut server_tasks) => Some(server),
-    };
-    match &failure {
-        None => info!("shutting down: stopping watches, draining the queue"),
-        Some(failure) => crate::events::ServiceFailed { failure }.emit(),
-    }
-    watches.cancel();
-    let deadline = Instant::now() + config.shutdown_timeout;
-    let drained = tokio::select! {
-        drained = tokio::time::timeout_at(deadline, async {
-            watch_tracker.wait().await;
-            lane_tracker.wait().await;
-        }) => drained.is_ok(),
-        // A leader that loses the Lease while draining stops writing at once as well.
-        _ = lease_lost.cancelled() => return Err(lease_lost_now(&servers, &metrics)),
-    };
-    // Release the lease only after the last commit, so the next leader never writes
-    // alongside this one's tail.
-    if let Some(keeper) = lease_keeper {
-        lease_stop.cancel();
-        release_lease(keeper, &lease_lost, deadline).await;
-        metrics.is_leader.set(0);
-        if lease_lost.is_cancelled() {
-            return Err(lease_lost_now(&servers, &metrics));
+/// The running pipeline: the watches and the lanes they feed.
+struct Pipeline {
+    watches: CancellationToken,
+    watch_tracker: TaskTracker,
+    lane_tracker: TaskTracker,
+}
+
+impl Pipeline {
+    /// Stops the watches and waits, up to `timeout`, for the lanes to commit what was
+    /// queued; then releases the Lease (after the last commit, so the next leader never
+    /// writes alongside this one's tail) and stops the servers. The result says why the
+    /// service stopped: `failure` (or a panic while draining), a lost Lease, a timeout.
+    async fn shut_down(
+        self,
+        failure: Option<String>,
+        leadership: Option<Leadership>,
+        lease_lost: &CancellationToken,
+        servers: &CancellationToken,
+        metrics: &Metrics,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        match &failure {
+            None => info!("shutting down: stopping watches, draining the queue"),
+            Some(failure) => crate::events::ServiceFailed { failure }.emit(),
         }
-    }
-    servers.cancel();
-    // A panic while draining counts as well.
-    if let Some(failure) = failure.or_else(first_panic) {
-        return Err(Stopped::TaskFailed(failure).into());
-    }
-    if drained {
-        info!("queue drained and flushed; bye");
-        Ok(())
-    } else {
-        error!(timeout = ?config.shutdown_timeout, "shutdown timed out before every change was committed");
-        Err(Stopped::ShutdownTimedOut(config.shutdown_timeout).into())
+        self.watches.cancel();
+        let deadline = Instant::now() + timeout;
+        let drained = tokio::select! {
+            drained = tokio::time::timeout_at(deadline, async {
+                self.watch_tracker.wait().await;
+                self.lane_tracker.wait().await;
+            }) => drained.is_ok(),
+            // A leader that loses the Lease while draining stops writing at once as well.
+            _ = lease_lost.cancelled() => return Err(lease_lost_now(servers, metrics)),
+        };
+        if let Some(leadership) = leadership {
+            leadership.stop.cancel();
+            release_lease(leadership.keeper, lease_lost, deadline).await;
+            metrics.is_leader.set(0);
+            if lease_lost.is_cancelled() {
+                return Err(lease_lost_now(servers, metrics));
+            }
+        }
+        servers.cancel();
+        // A panic while draining counts as well.
+        if let Some(failure) = failure.or_else(first_panic) {
+            return Err(Stopped::TaskFailed(failure).into());
+        }
+        if drained {
+            info!("queue drained and flushed; bye");
+            Ok(())
+        } else {
+            error!(
+                ?timeout,
+                "shutdown timed out before every change was committed"
+            );
+            Err(Stopped::ShutdownTimedOut(timeout).into())
+        }
     }
 }
 
@@ -623,24 +739,60 @@ async fn status_loop(
     }
 }
 
-async fn shutdown_signal() {
+/// A token (a child of `shutdown`) cancelled on SIGTERM or SIGINT. The handlers are
+/// registered here, synchronously, at the start of the run: a signal that arrives while the
+/// service still starts (waiting for the database, reading the cluster's identity, standing
+/// by for the Lease) stops it gracefully instead of killing it by the signal's default
+/// action.
+fn stop_on_signal(shutdown: &CancellationToken) -> CancellationToken {
+    let stop = shutdown.child_token();
+    let cancel = stop.clone();
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        use tokio::signal::unix::{signal, Signal, SignalKind};
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind)
+                .inspect_err(|e| warn!("cannot listen to {name}: {e}"))
+                .ok()
+        };
+        async fn received(signal: Option<Signal>) {
+            match signal {
+                Some(mut s) => {
+                    s.recv().await;
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                None => std::future::pending().await,
             }
         }
+        let term = listen(SignalKind::terminate(), "SIGTERM");
+        let int = listen(SignalKind::interrupt(), "SIGINT");
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = received(term) => {}
+                _ = received(int) => {}
+            }
+            cancel.cancel();
+        });
     }
     #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+        }
+    });
+    stop
+}
+
+/// A start-up step that a stop (SIGTERM, SIGINT) cuts short: `Ok(None)` then, and the run
+/// ends with exit 0 (a step cut short has committed nothing a later start does not redo).
+async fn unless_stopped<T>(
+    stop: &CancellationToken,
+    step: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<Option<T>> {
+    match stop.run_until_cancelled(step).await {
+        Some(done) => done.map(Some),
+        None => {
+            info!("stopped while starting; bye");
+            Ok(None)
+        }
     }
 }

@@ -588,6 +588,23 @@ async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() 
         "the new leader writes"
     );
     assert_eq!(lease_holder(&store), "replica-b");
+
+    // A standby stopped while it waits for the Lease exits 0 and leaves the leader alone.
+    let mut c = h.start_ready(&leader_env("replica-c")).await?;
+    testkit::eventually("replica-c stands by", WAIT, || async {
+        Ok(c.log().contains("waiting for the lease").then_some(()))
+    })
+    .await?;
+    assert_eq!(metric(&c, "ingester_leader").await, 0.0, "c is standby");
+    let st = c.terminate(WAIT).await?;
+    assert!(st.success(), "a standby exits 0 on SIGTERM: {st}");
+    assert!(
+        c.log().contains("stopped while standing by; bye"),
+        "log:\n{}",
+        c.log()
+    );
+    assert_eq!(metric(&b, "ingester_leader").await, 1.0, "b still leads");
+    assert_eq!(lease_holder(&store), "replica-b");
     Ok(())
 }
 

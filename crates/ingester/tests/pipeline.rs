@@ -297,6 +297,24 @@ async fn unreachable_database_at_start_up_exits_non_zero_naming_the_timeout() ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_waiting_for_the_database_exits_0() -> anyhow::Result<()> {
+    let h = Harness::new().await?;
+    let closed = testkit::free_port().to_string();
+    let mut ing = h.spawn(&[("DB_PORT", &closed), ("DB_READY_TIMEOUT", "5m")])?;
+    testkit::eventually("a logged attempt to reach PostgreSQL", WAIT, || async {
+        Ok(ing.log().contains("waiting for PostgreSQL").then_some(()))
+    })
+    .await?;
+    // A pod deleted while it starts (a rollout undone, a node drained) gets SIGTERM then:
+    // it must end as asked, not by the signal's default action (killed, exit 143).
+    let status = ing.terminate(Duration::from_secs(10)).await?;
+    assert!(status.success(), "exit on SIGTERM while starting: {status}");
+    let log = ing.log();
+    assert!(log.contains("stopped while starting; bye"), "{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_configuration_names_the_variable_and_never_the_password() -> anyhow::Result<()> {
     let h = Harness::new().await?;
     for (var, value) in [
