@@ -181,7 +181,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         retire_uncovered_rows(&db, &cluster, &config, &routes, &groups, &metrics).await
     };
-    if unless_stopped(&stop, prepare_table).await?.is_none() {
+    let prepared = tokio::select! {
+        prepared = unless_stopped(&stop, prepare_table) => prepared?,
+        // A leader that loses the Lease stops writing at once, retiring included.
+        _ = lease_lost.cancelled() => return Err(lease_lost_now(&servers, &metrics)),
+    };
+    if prepared.is_none() {
+        if let Some(leadership) = leadership {
+            let deadline = Instant::now() + config.shutdown_timeout;
+            leadership.release(&lease_lost, deadline).await;
+            metrics.is_leader.set(0);
+        }
         servers.cancel();
         return Ok(());
     }
@@ -261,6 +271,14 @@ async fn stop_or_failure(
 struct Leadership {
     keeper: tokio::task::JoinHandle<crate::leader::LeaderElector>,
     stop: CancellationToken,
+}
+
+impl Leadership {
+    /// Stops renewing and releases the Lease, by `deadline` (see `release_lease`).
+    async fn release(self, lease_lost: &CancellationToken, deadline: Instant) {
+        self.stop.cancel();
+        release_lease(self.keeper, lease_lost, deadline).await;
+    }
 }
 
 /// How standing by for the Lease ended.
@@ -443,8 +461,7 @@ impl Pipeline {
             _ = lease_lost.cancelled() => return Err(lease_lost_now(servers, metrics)),
         };
         if let Some(leadership) = leadership {
-            leadership.stop.cancel();
-            release_lease(leadership.keeper, lease_lost, deadline).await;
+            leadership.release(lease_lost, deadline).await;
             metrics.is_leader.set(0);
             if lease_lost.is_cancelled() {
                 return Err(lease_lost_now(servers, metrics));

@@ -609,6 +609,70 @@ async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_a_new_leader_retires_rows_releases_the_lease() -> anyhow::Result<()> {
+    let h = rig(12).await?;
+    let store = h.store();
+    let mut a = h.start_ready(&leader_env("replica-a")).await?;
+    assert_converged(&h, &[&a]).await?;
+    assert!(a.terminate(WAIT).await?.success());
+    assert_eq!(lease_holder(&store), "", "released at SIGTERM");
+
+    // The next run watches ns-0 only: its leader retires the pods of ns-1, one of which a
+    // transaction of this test keeps locked, so retiring waits there.
+    let locker = h.db.client().await?;
+    locker.batch_execute("BEGIN").await?;
+    let locked = locker
+        .query(
+            "SELECT uid FROM krateo_resources WHERE namespace = 'ns-1' AND resource_plural = 'pods' \
+             AND deleted_at IS NULL LIMIT 1 FOR UPDATE",
+            &[],
+        )
+        .await?;
+    anyhow::ensure!(locked.len() == 1, "no pod row in ns-1 to lock");
+    let mut env = leader_env("replica-b");
+    env.push(("NAMESPACES", "ns-0"));
+    let mut b = h.start_ready(&env).await?;
+    let observer = h.db.client().await?;
+    testkit::eventually(
+        "replica-b's retiring waits for the locked row",
+        WAIT,
+        || async {
+            let waiting: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            Ok((waiting > 0).then_some(()))
+        },
+    )
+    .await?;
+    assert_eq!(
+        lease_holder(&store),
+        "replica-b",
+        "b leads while it retires"
+    );
+
+    let st = b.terminate(WAIT).await?;
+    assert!(st.success(), "SIGTERM while retiring: {st}");
+    assert!(
+        b.log().contains("stopped while starting; bye"),
+        "log:\n{}",
+        b.log()
+    );
+    assert_eq!(
+        lease_holder(&store),
+        "",
+        "the lease is released, not left to expire"
+    );
+    locker.batch_execute("ROLLBACK").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_cannot_renew_steps_down_and_the_standby_takes_over() -> anyhow::Result<()> {
     let h = rig(10).await?;
     let store = h.store();
