@@ -180,8 +180,11 @@ async fn shutdown_is_bounded_when_the_api_server_stops_answering() -> anyhow::Re
     // Long enough for the drain on a loaded machine; the point is a bound, not 10 minutes.
     env.push(("SHUTDOWN_TIMEOUT", "6s"));
     let mut ing = h.start_ready(&env).await?;
-    testkit::eventually("replica-a leads", WAIT, || async {
-        Ok((metric(&ing, "ingester_leader").await == 1.0).then_some(()))
+    // Leading and running (a SIGTERM before the watches start is another path: see
+    // faults.rs::sigterm_while_a_new_leader_retires_rows_releases_the_lease).
+    testkit::eventually("replica-a leads and watches", WAIT, || async {
+        let leads = metric(&ing, "ingester_leader").await == 1.0;
+        Ok((leads && metric(&ing, "ingester_active_watches").await > 0.0).then_some(()))
     })
     .await?;
     // Every request from now on waits 10 minutes for an answer: the Lease release too.
