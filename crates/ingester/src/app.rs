@@ -182,18 +182,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         retire_uncovered_rows(&db, &cluster, &config, &routes, &groups, &metrics).await
     };
     let prepared = tokio::select! {
-        prepared = unless_stopped(&stop, prepare_table) => prepared?,
+        prepared = unless_stopped(&stop, prepare_table) => prepared,
         // A leader that loses the Lease stops writing at once, retiring included.
         _ = lease_lost.cancelled() => return Err(lease_lost_now(&servers, &metrics)),
     };
-    if prepared.is_none() {
+    if !matches!(prepared, Ok(Some(()))) {
+        // Stopped or failed before running: a leader hands the Lease on at once.
         if let Some(leadership) = leadership {
             let deadline = Instant::now() + config.shutdown_timeout;
             leadership.release(&lease_lost, deadline).await;
             metrics.is_leader.set(0);
         }
         servers.cancel();
-        return Ok(());
+        return prepared.map(|_| ());
     }
 
     let (lanes, lane_tracker) =

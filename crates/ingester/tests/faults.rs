@@ -609,7 +609,8 @@ async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_while_a_new_leader_retires_rows_releases_the_lease() -> anyhow::Result<()> {
+async fn a_new_leader_stopped_or_failing_while_it_retires_rows_releases_the_lease(
+) -> anyhow::Result<()> {
     let h = rig(12).await?;
     let store = h.store();
     let mut a = h.start_ready(&leader_env("replica-a")).await?;
@@ -618,7 +619,8 @@ async fn sigterm_while_a_new_leader_retires_rows_releases_the_lease() -> anyhow:
     assert_eq!(lease_holder(&store), "", "released at SIGTERM");
 
     // The next run watches ns-0 only: its leader retires the pods of ns-1, one of which a
-    // transaction of this test keeps locked, so retiring waits there.
+    // transaction of this test keeps locked, so retiring waits there (and the leader is not
+    // ready: readiness waits for its lists).
     let locker = h.db.client().await?;
     locker.batch_execute("BEGIN").await?;
     let locked = locker
@@ -629,9 +631,7 @@ async fn sigterm_while_a_new_leader_retires_rows_releases_the_lease() -> anyhow:
         )
         .await?;
     anyhow::ensure!(locked.len() == 1, "no pod row in ns-1 to lock");
-    let mut env = leader_env("replica-b");
-    env.push(("NAMESPACES", "ns-0"));
-    let mut b = h.start_ready(&env).await?;
+    let mut b = h.spawn(&leader_env_in("replica-b", "ns-0"))?;
     let observer = h.db.client().await?;
     testkit::eventually(
         "replica-b's retiring waits for the locked row",
@@ -668,8 +668,40 @@ async fn sigterm_while_a_new_leader_retires_rows_releases_the_lease() -> anyhow:
         "",
         "the lease is released, not left to expire"
     );
+
+    // The same step failing (its session terminated) ends the run non-zero, and the Lease
+    // is released as well. b's session still waits for the lock (PostgreSQL notices a
+    // client gone only when the wait ends): it goes first.
+    let end_lock_waiters = || async {
+        observer
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .map(|rows| rows.len())
+            .map_err(|e| e.to_string())
+    };
+    end_lock_waiters().await.map_err(anyhow::Error::msg)?;
+    let mut c = h.spawn(&leader_env_in("replica-c", "ns-0"))?;
+    testkit::eventually(
+        "replica-c's retiring waits, then is ended",
+        WAIT,
+        || async { Ok((end_lock_waiters().await? > 0).then_some(())) },
+    )
+    .await?;
+    let st = c.wait_exit(WAIT).await?;
+    assert!(!st.success(), "a failed retiring step exits non-zero: {st}");
+    assert_eq!(lease_holder(&store), "", "released on failure too");
     locker.batch_execute("ROLLBACK").await?;
     Ok(())
+}
+
+fn leader_env_in<'a>(name: &'a str, namespaces: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut env = leader_env(name);
+    env.push(("NAMESPACES", namespaces));
+    env
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,7 +181,7 @@ async fn shutdown_is_bounded_when_the_api_server_stops_answering() -> anyhow::Re
     env.push(("SHUTDOWN_TIMEOUT", "6s"));
     let mut ing = h.start_ready(&env).await?;
     // Leading and running (a SIGTERM before the watches start is another path: see
-    // faults.rs::sigterm_while_a_new_leader_retires_rows_releases_the_lease).
+    // faults.rs::a_new_leader_stopped_or_failing_while_it_retires_rows_releases_the_lease).
     testkit::eventually("replica-a leads and watches", WAIT, || async {
         let leads = metric(&ing, "ingester_leader").await == 1.0;
         Ok((leads && metric(&ing, "ingester_active_watches").await > 0.0).then_some(()))
