@@ -366,15 +366,9 @@ async fn a_version_switched_back_while_rows_of_the_other_are_queued_lists_again(
         WAIT,
         || async {
             let c = h.db.client().await.map_err(|e| e.to_string())?;
-            let waiting: i64 = c
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                    &[],
-                )
+            let waiting = ingester_sessions(&c, true)
                 .await
-                .map_err(|e| e.to_string())?
-                .get(0);
+                .map_err(|e| e.to_string())?;
             Ok((waiting > 0).then_some(()))
         },
     )

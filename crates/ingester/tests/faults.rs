@@ -637,15 +637,9 @@ async fn a_new_leader_stopped_or_failing_while_it_retires_rows_releases_the_leas
         "replica-b's retiring waits for the locked row",
         WAIT,
         || async {
-            let waiting: i64 = observer
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock'",
-                    &[],
-                )
+            let waiting = ingester_sessions(&observer, true)
                 .await
-                .map_err(|e| e.to_string())?
-                .get(0);
+                .map_err(|e| e.to_string())?;
             Ok((waiting > 0).then_some(()))
         },
     )

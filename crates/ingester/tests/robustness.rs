@@ -224,17 +224,6 @@ async fn table_content(c: &tokio_postgres::Client) -> anyhow::Result<Vec<(String
     .collect())
 }
 
-/// Sessions of the ingester in this test's database (in a lock wait when `waiting`).
-async fn ingester_sessions(c: &tokio_postgres::Client, waiting: bool) -> anyhow::Result<i64> {
-    Ok(c.query_one(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-         AND application_name = 'resources-ingester' AND (NOT $1 OR wait_event_type = 'Lock')",
-        &[&waiting],
-    )
-    .await?
-    .get(0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_cannot_renew_stops_writing_before_its_lease_can_be_taken(
 ) -> anyhow::Result<()> {

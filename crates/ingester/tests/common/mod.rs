@@ -247,3 +247,14 @@ impl Harness {
         .await
     }
 }
+
+/// Sessions of the ingester in this test's database (in a lock wait when `waiting`).
+pub async fn ingester_sessions(c: &tokio_postgres::Client, waiting: bool) -> anyhow::Result<i64> {
+    Ok(c.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = 'resources-ingester' AND (NOT $1 OR wait_event_type = 'Lock')",
+        &[&waiting],
+    )
+    .await?
+    .get(0))
+}
