@@ -49,7 +49,7 @@ start_system_pg() {
 
 # A port nobody listens on, outside the kernel's ephemeral range (an outgoing connection may
 # take a port from inside it between this probe and the server's bind). Pure bash: a fresh
-# machine may lack python3 and curl.
+# machine may lack python3 and curl. The same rule as testkit::free_port.
 free_tcp_port() {
     local port lo=10000 hi=32767 eph_lo eph_hi
     if read -r eph_lo eph_hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null; then

@@ -190,8 +190,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         // Stopped or failed before running: a leader hands the Lease on at once.
         if let Some(leadership) = leadership {
             let deadline = Instant::now() + config.shutdown_timeout;
-            leadership.release(&lease_lost, deadline).await;
-            metrics.is_leader.set(0);
+            leadership.release(&lease_lost, deadline, &metrics).await;
         }
         servers.cancel();
         return prepared.map(|_| ());
@@ -276,9 +275,10 @@ struct Leadership {
 
 impl Leadership {
     /// Stops renewing and releases the Lease, by `deadline` (see `release_lease`).
-    async fn release(self, lease_lost: &CancellationToken, deadline: Instant) {
+    async fn release(self, lease_lost: &CancellationToken, deadline: Instant, metrics: &Metrics) {
         self.stop.cancel();
         release_lease(self.keeper, lease_lost, deadline).await;
+        metrics.is_leader.set(0);
     }
 }
 
@@ -306,12 +306,9 @@ async fn stand_by(
         crate::leader::LeaseSettings::from_config(config),
     );
     info!(identity = elector.identity(), lease = %config.lease_name, "leader election on: waiting for the lease");
-    let stop_waiting = CancellationToken::new();
     tokio::select! {
         stopped = stop => return stopped.map_or(Standby::Stopped, Standby::Failed),
-        acquired = elector.acquire(&stop_waiting) => if !acquired {
-            return Standby::Stopped;
-        },
+        () = elector.acquire() => {}
     }
     let stop = CancellationToken::new();
     let (keeper_stop, lost) = (stop.clone(), lease_lost.clone());
@@ -462,8 +459,7 @@ impl Pipeline {
             _ = lease_lost.cancelled() => return Err(lease_lost_now(servers, metrics)),
         };
         if let Some(leadership) = leadership {
-            leadership.release(lease_lost, deadline).await;
-            metrics.is_leader.set(0);
+            leadership.release(lease_lost, deadline, metrics).await;
             if lease_lost.is_cancelled() {
                 return Err(lease_lost_now(servers, metrics));
             }

@@ -258,15 +258,16 @@ impl LeaderElector {
         }
     }
 
-    /// Waits until this replica holds the lease; `false` when `cancel` fired first.
-    pub async fn acquire(&mut self, cancel: &CancellationToken) -> bool {
+    /// Waits until this replica holds the lease (to stop waiting, drop the future: between
+    /// attempts nothing is held).
+    pub async fn acquire(&mut self) {
         let mut last_holder = String::new();
         loop {
             let started = Instant::now();
             match self.try_acquire_or_renew().await {
                 Attempt::Held => {
                     self.held_since = Some(started);
-                    return true;
+                    return;
                 }
                 Attempt::HeldBy(h) => {
                     if h != last_holder {
@@ -278,10 +279,7 @@ impl LeaderElector {
                     warn!(lease = %self.s.name, error = %why, "leader election: will retry")
                 }
             }
-            tokio::select! {
-                _ = cancel.cancelled() => return false,
-                _ = tokio::time::sleep(self.s.retry_period) => {}
-            }
+            tokio::time::sleep(self.s.retry_period).await;
         }
     }
 

@@ -509,42 +509,25 @@ async fn two_replicas_writing_at_once_never_corrupt_a_row() -> anyhow::Result<()
     Ok(())
 }
 
-/// The `holderIdentity` of the ingester's Lease (empty when there is none).
-fn lease_holder(store: &kube_sim::Store) -> String {
-    store
-        .get(
-            "coordination.k8s.io/v1",
-            "Lease",
-            Some("default"),
-            "resources-ingester",
-        )
-        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
-fn leader_env(name: &str) -> Vec<(&str, &str)> {
-    vec![
-        ("LEADER_ELECTION", "true"),
-        ("POD_NAME", name),
-        ("LEASE_NAMESPACE", "default"),
-        ("LEASE_DURATION", "6s"),
-        ("LEASE_RENEW_DEADLINE", "4s"),
-        ("LEASE_RETRY_PERIOD", "500ms"),
-    ]
-}
+/// Leader election here: a standby may take an unrenewed Lease 6 s after its last renewal.
+const LEASE_DURATION: &str = "6s";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() -> anyhow::Result<()>
 {
     let h = rig(9).await?;
     let store = h.store();
-    let mut a = h.start_ready(&leader_env("replica-a")).await?;
+    let mut a = h
+        .start_ready(&leader_env("replica-a", LEASE_DURATION))
+        .await?;
     // Wait until a holds the lease before starting b, so the roles are known.
     testkit::eventually("replica-a leads", WAIT, || async {
         Ok((metric(&a, "ingester_leader").await == 1.0).then_some(()))
     })
     .await?;
-    let b = h.start_ready(&leader_env("replica-b")).await?;
+    let b = h
+        .start_ready(&leader_env("replica-b", LEASE_DURATION))
+        .await?;
     assert_eq!(b.readyz().await, Ok(200), "a standby is ready");
     let churn = Churn::start(store.clone(), 100.0, 9);
     // While the churn runs the table trails the store by design (a check here compares a
@@ -590,7 +573,9 @@ async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() 
     assert_eq!(lease_holder(&store), "replica-b");
 
     // A standby stopped while it waits for the Lease exits 0 and leaves the leader alone.
-    let mut c = h.start_ready(&leader_env("replica-c")).await?;
+    let mut c = h
+        .start_ready(&leader_env("replica-c", LEASE_DURATION))
+        .await?;
     testkit::eventually("replica-c stands by", WAIT, || async {
         Ok(c.log().contains("waiting for the lease").then_some(()))
     })
@@ -613,7 +598,9 @@ async fn a_new_leader_stopped_or_failing_while_it_retires_rows_releases_the_leas
 ) -> anyhow::Result<()> {
     let h = rig(12).await?;
     let store = h.store();
-    let mut a = h.start_ready(&leader_env("replica-a")).await?;
+    let mut a = h
+        .start_ready(&leader_env("replica-a", LEASE_DURATION))
+        .await?;
     assert_converged(&h, &[&a]).await?;
     assert!(a.terminate(WAIT).await?.success());
     assert_eq!(lease_holder(&store), "", "released at SIGTERM");
@@ -693,7 +680,7 @@ async fn a_new_leader_stopped_or_failing_while_it_retires_rows_releases_the_leas
 }
 
 fn leader_env_in<'a>(name: &'a str, namespaces: &'a str) -> Vec<(&'a str, &'a str)> {
-    let mut env = leader_env(name);
+    let mut env = leader_env(name, LEASE_DURATION);
     env.push(("NAMESPACES", namespaces));
     env
 }
@@ -702,12 +689,16 @@ fn leader_env_in<'a>(name: &'a str, namespaces: &'a str) -> Vec<(&'a str, &'a st
 async fn a_leader_that_cannot_renew_steps_down_and_the_standby_takes_over() -> anyhow::Result<()> {
     let h = rig(10).await?;
     let store = h.store();
-    let mut a = h.start_ready(&leader_env("replica-a")).await?;
+    let mut a = h
+        .start_ready(&leader_env("replica-a", LEASE_DURATION))
+        .await?;
     testkit::eventually("replica-a leads", WAIT, || async {
         Ok((metric(&a, "ingester_leader").await == 1.0).then_some(()))
     })
     .await?;
-    let b = h.start_ready(&leader_env("replica-b")).await?;
+    let b = h
+        .start_ready(&leader_env("replica-b", LEASE_DURATION))
+        .await?;
     let churn = Churn::start(store.clone(), 100.0, 10);
     sleep_ms(1500).await;
     // The API server fails every request for longer than the renew deadline (4 s).

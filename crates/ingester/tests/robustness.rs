@@ -13,35 +13,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::*;
 
-/// One leader-election configuration for every test here: a standby may take an unrenewed
-/// Lease 10 s after its last renewal; the leader gives up after 4 s.
-fn leader_env(name: &str) -> Vec<(&str, &str)> {
-    vec![
-        ("LEADER_ELECTION", "true"),
-        ("POD_NAME", name),
-        ("LEASE_NAMESPACE", "default"),
-        ("LEASE_DURATION", "10s"),
-        ("LEASE_RENEW_DEADLINE", "4s"),
-        ("LEASE_RETRY_PERIOD", "500ms"),
-    ]
-}
+/// Leader election for every test here: a standby may take an unrenewed Lease 10 s after its
+/// last renewal; the leader gives up after 4 s.
 const LEASE_DURATION: Duration = Duration::from_secs(10);
 
 async fn metric(p: &testkit::process::IngesterProcess, series: &str) -> f64 {
     p.metric(series).await.unwrap_or(-1.0)
-}
-
-/// The ingester's Lease spec as kube-sim stores it.
-fn lease_spec(store: &kube_sim::Store) -> serde_json::Value {
-    store
-        .get(
-            "coordination.k8s.io/v1",
-            "Lease",
-            Some("default"),
-            "resources-ingester",
-        )
-        .map(|l| l["spec"].clone())
-        .unwrap_or_default()
 }
 
 /// Runs the binary with `extra` over a working environment (so a setting that is wrongly
@@ -156,7 +133,7 @@ async fn a_panicking_task_stops_the_process_and_the_log_names_it() -> anyhow::Re
     }
     // The leader's lease keeper: it renews no more, so the leader stops at once, as when
     // it loses the Lease.
-    let mut env = leader_env("replica-a");
+    let mut env = leader_env("replica-a", "10s");
     env.push(("INGESTER_DEBUG_PANIC_TASK", "lease keeper"));
     let mut ing = h.spawn(&env)?;
     let status = ing.wait_exit(Duration::from_secs(30)).await?;
@@ -176,7 +153,7 @@ async fn a_panicking_task_stops_the_process_and_the_log_names_it() -> anyhow::Re
 async fn shutdown_is_bounded_when_the_api_server_stops_answering() -> anyhow::Result<()> {
     let h = Harness::new().await?;
     let store = h.store();
-    let mut env = leader_env("replica-a");
+    let mut env = leader_env("replica-a", "10s");
     // Long enough for the drain on a loaded machine; the point is a bound, not 10 minutes.
     env.push(("SHUTDOWN_TIMEOUT", "6s"));
     let mut ing = h.start_ready(&env).await?;
@@ -230,7 +207,7 @@ async fn a_leader_that_cannot_renew_stops_writing_before_its_lease_can_be_taken(
     let h = Harness::new().await?;
     let store = h.store();
     store.create(configmap("default", "before", serde_json::json!({})))?;
-    let mut ing = h.start_ready(&leader_env("replica-a")).await?;
+    let mut ing = h.start_ready(&leader_env("replica-a", "10s")).await?;
     testkit::eventually("replica-a leads", WAIT, || async {
         Ok((metric(&ing, "ingester_leader").await == 1.0).then_some(()))
     })

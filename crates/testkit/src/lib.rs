@@ -79,8 +79,9 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-/// The widest port range (inclusive) outside `net.ipv4.ip_local_port_range` and below it or
-/// above it, whichever is larger; 10000..=32767 with Linux's default range.
+/// The ports below `net.ipv4.ip_local_port_range` (from 10000), or above it when it starts
+/// too low to leave room: 10000..=32767 with Linux's default range. The same rule as
+/// `free_tcp_port` in scripts/lib/postgres.sh.
 fn outside_ephemeral_range() -> (u16, u16) {
     let (eph_lo, eph_hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -89,14 +90,10 @@ fn outside_ephemeral_range() -> (u16, u16) {
             Some((it.next()??, it.next()??))
         })
         .unwrap_or((32768, 60999));
-    let below = eph_lo.saturating_sub(1).saturating_sub(10000);
-    let above = u16::MAX.saturating_sub(eph_hi.saturating_add(1));
-    if below >= above && below > 100 {
+    if eph_lo > 11000 {
         (10000, eph_lo - 1)
-    } else if above > 100 {
-        (eph_hi + 1, u16::MAX)
     } else {
-        (10000, 65000)
+        (eph_hi.saturating_add(1).min(65000), u16::MAX)
     }
 }
 

@@ -258,3 +258,37 @@ pub async fn ingester_sessions(c: &tokio_postgres::Client, waiting: bool) -> any
     .await?
     .get(0))
 }
+
+/// The environment of one leader-election replica: renew deadline 4 s, retry every 500 ms,
+/// and `lease_duration` (how long after its last renewal a standby may take the Lease).
+pub fn leader_env<'a>(name: &'a str, lease_duration: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("LEADER_ELECTION", "true"),
+        ("POD_NAME", name),
+        ("LEASE_NAMESPACE", "default"),
+        ("LEASE_DURATION", lease_duration),
+        ("LEASE_RENEW_DEADLINE", "4s"),
+        ("LEASE_RETRY_PERIOD", "500ms"),
+    ]
+}
+
+/// The ingester's Lease spec as kube-sim stores it (null when there is none).
+pub fn lease_spec(store: &Store) -> Value {
+    store
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            Some("default"),
+            "resources-ingester",
+        )
+        .map(|l| l["spec"].clone())
+        .unwrap_or_default()
+}
+
+/// The `holderIdentity` of the ingester's Lease (empty when there is none).
+pub fn lease_holder(store: &Store) -> String {
+    lease_spec(store)["holderIdentity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
