@@ -7,6 +7,7 @@ pub mod fuzz;
 pub mod pg;
 pub mod pg18;
 pub mod process;
+pub mod realkube;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
