@@ -25,7 +25,7 @@ pub(crate) struct AppState {
     pub store: Store,
     /// Bearer token accepted in TLS mode; `None` = no authentication (plain HTTP).
     pub token: Option<String>,
-    pub bookmark_interval: Duration,
+    pub bookmarks: crate::BookmarkTiming,
     /// Streaming lists served (the WatchList feature gate).
     pub watch_list: bool,
     pub shutdown: CancellationToken,
@@ -531,7 +531,7 @@ async fn resource_inner(
                     def,
                     wq,
                     replica,
-                    state.bookmark_interval,
+                    state.bookmarks,
                     state.shutdown.clone(),
                 )?;
                 let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -546,14 +546,23 @@ async fn resource_inner(
             }
             let replica = store.pick_replica();
             tracing::debug!(resource = %def.plural, replica = replica.index, lag = replica.lag, "list");
+            let rv = q.get("resourceVersion").filter(|v| !v.is_empty()).cloned();
+            let rv_match = q.get("resourceVersionMatch").filter(|v| !v.is_empty()).cloned();
+            check_list_rv(rv.as_deref(), rv_match.as_deref())?;
+            let cont = q.get("continue").filter(|c| !c.is_empty()).cloned();
+            // the real watch cache serves resourceVersion=0 whole: `limit` is ignored
+            let whole = rv.as_deref() == Some("0") && cont.is_none();
             let lq = ListQuery {
                 ns: t.ns.clone(),
                 labels,
                 fields,
-                limit: q.get("limit").and_then(|v| v.parse().ok()).unwrap_or(0),
-                cont: q.get("continue").filter(|c| !c.is_empty()).cloned(),
-                rv: q.get("resourceVersion").cloned(),
-                rv_match: q.get("resourceVersionMatch").cloned(),
+                limit: match q.get("limit").and_then(|v| v.parse().ok()) {
+                    Some(n) if !whole => n,
+                    _ => 0,
+                },
+                cont,
+                rv,
+                rv_match,
                 lag: replica.lag,
             };
             let faults = store.read_faults();
@@ -571,7 +580,7 @@ async fn resource_inner(
                 &def,
                 &r.items,
                 r.rv,
-                r.cont.as_deref(),
+                r.cont.as_deref().map(|c| (c, r.remaining)),
                 body_stall,
             ))
         }
@@ -671,6 +680,22 @@ fn apply_patch(ct: &str, cur: &mut Value, p: &Value) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// The combinations of `resourceVersion` and `resourceVersionMatch` the real server's
+/// ListOptions validation refuses (422 Invalid).
+fn check_list_rv(rv: Option<&str>, rv_match: Option<&str>) -> Result<(), ApiError> {
+    match (rv, rv_match) {
+        (None, Some(_)) => Err(ApiError::list_options_forbidden(
+            "resourceVersionMatch",
+            "resourceVersionMatch is forbidden unless resourceVersion is provided",
+        )),
+        (Some("0"), Some("Exact")) => Err(ApiError::list_options_forbidden(
+            "resourceVersionMatch",
+            "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A list from the serving replica; one asking for a revision that replica's watch cache has
@@ -799,7 +824,7 @@ pub(crate) fn list_response(
     def: &ResourceDef,
     items: &[Arc<Obj>],
     rv: u64,
-    cont: Option<&str>,
+    cont: Option<(&str, Option<u64>)>,
     stall: Duration,
 ) -> Response<Body> {
     let av = def.api_version();
@@ -813,9 +838,12 @@ pub(crate) fn list_response(
             .as_bytes(),
     );
     head.extend_from_slice(format!(",\"metadata\":{{\"resourceVersion\":\"{rv}\"").as_bytes());
-    if let Some(c) = cont {
+    if let Some((c, remaining)) = cont {
         head.extend_from_slice(b",\"continue\":");
         head.extend_from_slice(Value::from(c).to_string().as_bytes());
+        if let Some(n) = remaining {
+            head.extend_from_slice(format!(",\"remainingItemCount\":{n}").as_bytes());
+        }
     }
     head.extend_from_slice(b"},\"items\":[");
     const CHUNK_BYTES: usize = 1 << 20;

@@ -14,8 +14,13 @@ pub struct ApiError {
     pub details: Option<Value>,
 }
 
+/// `details` as the real server writes them: an empty group (the core group) is left out.
 fn details(group: &str, resource: &str, name: &str) -> Option<Value> {
-    Some(json!({"name": name, "group": group, "kind": resource}))
+    let mut d = json!({"name": name, "kind": resource});
+    if !group.is_empty() {
+        d["group"] = group.into();
+    }
+    Some(d)
 }
 
 fn qualified(group: &str, resource: &str) -> String {
@@ -93,6 +98,23 @@ impl ApiError {
                 422,
                 "Invalid",
                 format!("{kind} \"{name}\" is invalid: {field}: {why}"),
+            )
+        }
+    }
+
+    /// 422 Invalid for a query parameter the real server forbids in this combination (its
+    /// ListOptions validation): `field` and `why` as the real server words them.
+    pub fn list_options_forbidden(field: &str, why: &str) -> Self {
+        ApiError {
+            details: Some(json!({
+                "group": "meta.k8s.io", "kind": "ListOptions",
+                "causes": [{"reason": "FieldValueForbidden", "message": format!("Forbidden: {why}"),
+                    "field": field}],
+            })),
+            ..Self::new(
+                422,
+                "Invalid",
+                format!("ListOptions.meta.k8s.io \"\" is invalid: {field}: Forbidden: {why}"),
             )
         }
     }

@@ -44,8 +44,10 @@ pub struct SimConfig {
     pub listen: SocketAddr,
     /// Number of events kept for watches and paged lists; older revisions get 410 Expired.
     pub history: usize,
-    /// Interval between BOOKMARK events on watches that allow them (the real server: ~1 min).
-    pub bookmark_interval: Duration,
+    /// When periodic BOOKMARK events come on watches that allow them: by default as on the
+    /// real server ([`BookmarkTiming::AsRealServer`]); tests that want them fast choose
+    /// [`BookmarkTiming::Every`].
+    pub bookmarks: BookmarkTiming,
     /// Serve HTTPS with generated certificates and require a client certificate or token.
     pub tls: bool,
     /// Serve streaming lists (`sendInitialEvents`); `false` answers them with 422 Invalid, as a
@@ -61,12 +63,26 @@ impl Default for SimConfig {
         SimConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             history: 10_000,
-            bookmark_interval: Duration::from_secs(1),
+            bookmarks: BookmarkTiming::AsRealServer,
             tls: false,
             watch_list: true,
             system_namespace: true,
         }
     }
+}
+
+/// When a watch that allows bookmarks gets its periodic BOOKMARK events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BookmarkTiming {
+    /// As the real watch cache (measured on Kubernetes v1.36.2): the first bookmark at the
+    /// watch's `timeoutSeconds` deadline minus 2 s when that comes within a minute, then one
+    /// about every second until the watch closes; without a deadline (or a later one) one a
+    /// minute. A bookmark is sent only when its revision is newer than the one the watch
+    /// started from (a quiet watch from the current revision gets none).
+    #[default]
+    AsRealServer,
+    /// A BOOKMARK every interval, whatever the deadline and revision: fast bookmarks for tests.
+    Every(Duration),
 }
 
 /// A running server.
@@ -101,7 +117,7 @@ impl KubeSim {
         let state = Arc::new(api::AppState {
             store: store.clone(),
             token: tls.as_ref().map(|t| t.token.clone()),
-            bookmark_interval: cfg.bookmark_interval,
+            bookmarks: cfg.bookmarks,
             watch_list: cfg.watch_list,
             shutdown: shutdown.clone(),
             server_address: addr.to_string(),

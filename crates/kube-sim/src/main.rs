@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use kube_sim::workload::{self, WorkloadConfig};
-use kube_sim::{KubeSim, SimConfig, Store};
+use kube_sim::{BookmarkTiming, KubeSim, SimConfig, Store};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,9 +31,10 @@ struct Args {
     /// Events kept for watches and paged lists (older revisions get 410 Expired).
     #[arg(long, default_value_t = 10_000)]
     history: usize,
-    /// Interval between watch BOOKMARK events, e.g. 1s, 60s.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    bookmark_interval: Duration,
+    /// A watch BOOKMARK every interval (e.g. 1s) for tests that want them fast; default:
+    /// as the real server (deadline - 2 s, else about once a minute).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    bookmark_interval: Option<Duration>,
     /// Load objects from a `kubectl get -A -o json` List or a JSON-lines file.
     #[arg(long)]
     load: Option<PathBuf>,
@@ -112,7 +113,10 @@ async fn main() -> anyhow::Result<()> {
     let cfg = SimConfig {
         listen: args.listen,
         history: args.history,
-        bookmark_interval: args.bookmark_interval,
+        bookmarks: match args.bookmark_interval {
+            Some(every) => BookmarkTiming::Every(every),
+            None => BookmarkTiming::AsRealServer,
+        },
         tls: args.tls,
         watch_list: !args.no_watch_list,
         system_namespace: true,

@@ -34,6 +34,26 @@ impl ResourceDef {
             )
     }
 
+    /// The real server keeps `metadata.generation` for this kind: custom resources, CRDs and
+    /// the built-ins with a spec it acts on (not ConfigMaps, Secrets, Namespaces, Services,
+    /// RBAC objects, Leases, ...).
+    pub fn has_generation(&self) -> bool {
+        self.crd.is_some()
+            || matches!(
+                self.plural.as_str(),
+                "pods"
+                    | "deployments"
+                    | "replicasets"
+                    | "statefulsets"
+                    | "daemonsets"
+                    | "jobs"
+                    | "cronjobs"
+                    | "customresourcedefinitions"
+                    | "ingresses"
+                    | "poddisruptionbudgets"
+            )
+    }
+
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.clone()

@@ -163,6 +163,9 @@ pub(crate) struct ListResult {
     pub rv: u64,
     pub items: Vec<Arc<Obj>>,
     pub cont: Option<String>,
+    /// `metadata.remainingItemCount` of a page with a continuation: the items after it, as
+    /// the real server counts them (only for a list without selectors).
+    pub remaining: Option<u64>,
 }
 
 fn now_rfc3339() -> String {
@@ -303,7 +306,9 @@ impl Inner {
             meta.remove("deletionTimestamp");
         }
         meta.insert("resourceVersion".into(), rv.to_string().into());
-        if !preserve || !meta.contains_key("generation") {
+        if !def.has_generation() {
+            meta.remove("generation");
+        } else if !preserve || !meta.contains_key("generation") {
             meta.insert("generation".into(), 1.into());
         }
         let crd_defs = self.kind_defaults(def, &mut m)?;
@@ -456,10 +461,14 @@ impl Inner {
             };
             strip(&old_m) != strip(&new_m)
         };
-        new_meta.insert(
-            "generation".into(),
-            (old_gen + i64::from(spec_changed)).into(),
-        );
+        if def.has_generation() {
+            new_meta.insert(
+                "generation".into(),
+                (old_gen + i64::from(spec_changed)).into(),
+            );
+        } else {
+            new_meta.remove("generation");
+        }
         // A write that changes nothing is not written, as on the real server (no new revision).
         new_meta.insert("resourceVersion".into(), old.rv.to_string().into());
         new_m.insert("metadata".into(), Value::Object(new_meta));
@@ -701,7 +710,8 @@ impl Inner {
             }
         };
         let mut items = Vec::new();
-        let mut more = false;
+        let mut more = 0u64;
+        let count_rest = q.labels.is_empty() && q.fields.is_empty();
         while let Some(slot) = next() {
             let Some(o) = slot else { continue };
             if let Some(ns) = &q.ns {
@@ -713,18 +723,22 @@ impl Inner {
                 continue;
             }
             if q.limit > 0 && items.len() == q.limit {
-                more = true;
-                break;
+                more += 1;
+                if !count_rest {
+                    break;
+                }
+                continue;
             }
             items.push(o);
         }
         let cont = match items.last() {
-            Some(last) if more => Some(encode_continue(at, &last.key())),
+            Some(last) if more > 0 => Some(encode_continue(at, &last.key())),
             _ => None,
         };
         Ok(ListResult {
             rv: at,
             items,
+            remaining: (cont.is_some() && count_rest).then_some(more),
             cont,
         })
     }
@@ -770,7 +784,7 @@ pub(crate) fn too_large(asked: u64, current: u64) -> ApiError {
     let mut e = ApiError::new(
         504,
         "Timeout",
-        format!("Too large resource version: {asked}, current: {current}"),
+        format!("Timeout: Too large resource version: {asked}, current: {current}"),
     );
     e.details = Some(json!({"causes": [{"reason": "ResourceVersionTooLarge",
         "message": "Too large resource version"}], "retryAfterSeconds": 1}));

@@ -6,6 +6,7 @@ use crate::faults::{ReadFaults, Replica};
 use crate::resources::ResourceDef;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{too_large, Event, EventType, ListQuery, Obj, Store};
+use crate::BookmarkTiming;
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -63,7 +64,7 @@ fn bookmark(def: &ResourceDef, rv: u64, initial_end: bool) -> Bytes {
         ""
     };
     Bytes::from(format!(
-        "{{\"type\":\"BOOKMARK\",\"object\":{{\"kind\":{},\"apiVersion\":{},\"metadata\":{{\"resourceVersion\":\"{rv}\",\"creationTimestamp\":null{annotations}}}}}}}\n",
+        "{{\"type\":\"BOOKMARK\",\"object\":{{\"kind\":{},\"apiVersion\":{},\"metadata\":{{\"resourceVersion\":\"{rv}\"{annotations}}}}}}}\n",
         serde_json::Value::from(def.kind.as_str()),
         serde_json::Value::from(def.api_version()),
     ))
@@ -73,6 +74,29 @@ fn error_event(e: &ApiError) -> Bytes {
     let mut s = serde_json::json!({"type": "ERROR", "object": e.status()}).to_string();
     s.push('\n');
     Bytes::from(s)
+}
+
+/// The real watch cache's heartbeat: a bookmark about once a minute on a watch without an
+/// earlier deadline.
+const BOOKMARK_HEARTBEAT: Duration = Duration::from_secs(60);
+/// How long before a watch's deadline the real watch cache sends its bookmark.
+const BOOKMARK_BEFORE_DEADLINE: Duration = Duration::from_secs(2);
+/// The real watch cache dispatches due bookmarks on a timer ticking about every second.
+const BOOKMARK_TICK: Duration = Duration::from_secs(1);
+
+/// When the real watch cache (v1.36) sends a watcher's next bookmark, counted from `now`: at
+/// the deadline minus 2 s if that is within the heartbeat, the next tick once that moment has
+/// passed, else a heartbeat from now.
+fn real_bookmark_due(
+    now: tokio::time::Instant,
+    deadline: Option<tokio::time::Instant>,
+) -> tokio::time::Instant {
+    let heartbeat = now + BOOKMARK_HEARTBEAT;
+    match deadline.map(|d| d.checked_sub(BOOKMARK_BEFORE_DEADLINE).unwrap_or(d)) {
+        Some(before) if before <= now => now + BOOKMARK_TICK,
+        Some(before) if before < heartbeat => before,
+        _ => heartbeat,
+    }
 }
 
 /// Keeps `open_watches` accurate however the task ends.
@@ -116,13 +140,12 @@ fn start_of(q: &WatchQuery) -> Result<Start, ApiError> {
         ),
     };
     match (q.send_initial, asked) {
-        (Some(true), _) if q.rv_match.as_deref() != Some("NotOlderThan") => Err(ApiError::invalid(
-            "meta.k8s.io",
-            "ListOptions",
-            "",
-            "sendInitialEvents",
-            "Forbidden: sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan",
-        )),
+        (Some(_), _) if q.rv_match.as_deref() != Some("NotOlderThan") => {
+            Err(ApiError::list_options_forbidden(
+                "resourceVersionMatch",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            ))
+        }
         // a streaming list without a revision is a consistent read
         (Some(true), None) => Ok(Start::Initial {
             at: InitialAt::Current,
@@ -220,7 +243,7 @@ struct WatchTask {
     replica: Replica,
     /// The fault switches as they were when the watch opened.
     faults: ReadFaults,
-    bookmark_interval: Duration,
+    bookmarks: BookmarkTiming,
     tx: mpsc::Sender<Bytes>,
     drop_rx: tokio::sync::watch::Receiver<u64>,
     rv_rx: tokio::sync::watch::Receiver<u64>,
@@ -233,6 +256,7 @@ impl WatchTask {
             closed(&self.tx, &mut self.drop_rx, &self.shutdown).await;
             return;
         }
+        let initial = matches!(start, Start::Initial { .. });
         let pos = match self.begin(start).await {
             Ok(Some(pos)) => pos,
             Ok(None) => return,
@@ -241,7 +265,9 @@ impl WatchTask {
                 return;
             }
         };
-        if self.q.send_initial == Some(true) && !self.initial_events_end(pos).await {
+        // The real watch cache ends initial events (a streaming list, or a watch without a
+        // revision) with the initial-events-end BOOKMARK when the client allows bookmarks.
+        if initial && self.q.bookmarks && !self.initial_events_end(pos).await {
             return;
         }
         self.follow(pos).await;
@@ -323,16 +349,28 @@ impl WatchTask {
             && self.tx.send(bookmark(&self.def, pos, true)).await.is_ok()
     }
 
-    /// When the next periodic BOOKMARK is due, counted from `now`.
-    fn next_bookmark(&self, now: tokio::time::Instant) -> tokio::time::Instant {
-        now + self.bookmark_interval + self.store.read_faults().bookmark_delay
+    /// When the next periodic BOOKMARK is due, counted from `now`, for a watch that closes at
+    /// `deadline`.
+    fn next_bookmark(
+        &self,
+        now: tokio::time::Instant,
+        deadline: Option<tokio::time::Instant>,
+    ) -> tokio::time::Instant {
+        let due = match self.bookmarks {
+            BookmarkTiming::Every(every) => now + every,
+            BookmarkTiming::AsRealServer => real_bookmark_due(now, deadline),
+        };
+        due + self.store.read_faults().bookmark_delay
     }
 
     /// Events after `pos` as they happen, with bookmarks, until the watch ends.
     async fn follow(mut self, mut pos: u64) {
         let av = self.def.api_version();
         let deadline = self.q.timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut bookmark_at = self.next_bookmark(tokio::time::Instant::now());
+        let mut bookmark_at = self.next_bookmark(tokio::time::Instant::now(), deadline);
+        // the real watch cache sends a watcher only what is newer than where it started,
+        // bookmarks included
+        let started = pos;
         loop {
             if self.store.read_faults().stuck_watches {
                 // a dead stream: nothing more, not even the close at timeoutSeconds
@@ -370,13 +408,15 @@ impl WatchTask {
                     } } => return,
                 changed = self.rv_rx.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep_until(bookmark_at) => {
+                    let newer = pos > started || matches!(self.bookmarks, BookmarkTiming::Every(_));
                     if self.q.bookmarks
+                        && newer
                         && !self.store.read_faults().stuck_watches
                         && self.tx.send(bookmark(&self.def, pos, false)).await.is_err()
                     {
                         return;
                     }
-                    bookmark_at = self.next_bookmark(tokio::time::Instant::now());
+                    bookmark_at = self.next_bookmark(tokio::time::Instant::now(), deadline);
                 }
             }
         }
@@ -391,7 +431,7 @@ pub(crate) fn start(
     def: Arc<ResourceDef>,
     q: WatchQuery,
     replica: Replica,
-    bookmark_interval: Duration,
+    bookmarks: BookmarkTiming,
     shutdown: CancellationToken,
 ) -> Result<mpsc::Receiver<Bytes>, ApiError> {
     let start = start_of(&q)?;
@@ -402,7 +442,7 @@ pub(crate) fn start(
         q,
         replica,
         faults: store.read_faults(),
-        bookmark_interval,
+        bookmarks,
         tx,
         drop_rx: store.shared.drop_tx.subscribe(),
         rv_rx: store.shared.rv_tx.subscribe(),

@@ -60,7 +60,7 @@ fn assert_too_large(s: &Value, asked: u64, have: u64) {
     assert_eq!(s["reason"], "Timeout", "{s}");
     assert_eq!(
         s["message"],
-        format!("Too large resource version: {asked}, current: {have}"),
+        format!("Timeout: Too large resource version: {asked}, current: {have}"),
         "{s}"
     );
     assert_eq!(
@@ -147,7 +147,7 @@ fn added(names: &[&str]) -> Vec<(String, String)> {
 /// name revisions).
 async fn with_configmaps(n: usize) -> KubeSim {
     let sim = start_with(SimConfig {
-        bookmark_interval: Duration::from_millis(200),
+        bookmarks: kube_sim::BookmarkTiming::Every(Duration::from_millis(200)),
         system_namespace: false,
         ..Default::default()
     })

@@ -10,7 +10,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub async fn start() -> KubeSim {
     start_with(SimConfig {
-        bookmark_interval: Duration::from_millis(200),
+        bookmarks: kube_sim::BookmarkTiming::Every(Duration::from_millis(200)),
         ..Default::default()
     })
     .await
