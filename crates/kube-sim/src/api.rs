@@ -547,7 +547,10 @@ async fn resource_inner(
             let replica = store.pick_replica();
             tracing::debug!(resource = %def.plural, replica = replica.index, lag = replica.lag, "list");
             let rv = q.get("resourceVersion").filter(|v| !v.is_empty()).cloned();
-            let rv_match = q.get("resourceVersionMatch").filter(|v| !v.is_empty()).cloned();
+            let rv_match = q
+                .get("resourceVersionMatch")
+                .filter(|v| !v.is_empty())
+                .cloned();
             check_list_rv(rv.as_deref(), rv_match.as_deref())?;
             let cont = q.get("continue").filter(|c| !c.is_empty()).cloned();
             // the real watch cache serves resourceVersion=0 whole: `limit` is ignored
@@ -817,6 +820,15 @@ fn o_rv(store: &Store) -> u64 {
     store.resource_version()
 }
 
+/// One item of a list: with apiVersion and kind, or (`typed`) without, as the real server.
+fn render_item(out: &mut Vec<u8>, o: &Obj, api_version: &str, typed: bool) {
+    if typed {
+        out.extend_from_slice(&o.body);
+    } else {
+        o.render_into(out, Some(api_version));
+    }
+}
+
 /// A list body built by concatenating the stored bytes: no JSON is parsed or re-encoded. Big
 /// lists are streamed in ~1 MiB chunks rendered as the client reads, so serving 100,000 objects
 /// never materialises one huge buffer.
@@ -828,6 +840,9 @@ pub(crate) fn list_response(
     stall: Duration,
 ) -> Response<Body> {
     let av = def.api_version();
+    // the items of a built-in kind's list come without apiVersion and kind (a typed Go list
+    // leaves them out); a custom resource list's items (unstructured) carry them
+    let typed = def.crd.is_none();
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"{\"apiVersion\":");
     head.extend_from_slice(Value::from(av.as_str()).to_string().as_bytes());
@@ -844,6 +859,9 @@ pub(crate) fn list_response(
         if let Some(n) = remaining {
             head.extend_from_slice(format!(",\"remainingItemCount\":{n}").as_bytes());
         }
+    } else if def.crd.is_some() {
+        // the real server's lists of custom resources (unstructured) always carry it
+        head.extend_from_slice(b",\"continue\":\"\"");
     }
     head.extend_from_slice(b"},\"items\":[");
     const CHUNK_BYTES: usize = 1 << 20;
@@ -853,7 +871,7 @@ pub(crate) fn list_response(
             if i > 0 {
                 head.push(b',');
             }
-            o.render_into(&mut head, Some(&av));
+            render_item(&mut head, o, &av, typed);
         }
         head.extend_from_slice(b"]}");
         return json_bytes(200, head);
@@ -876,7 +894,7 @@ pub(crate) fn list_response(
                     if j > 0 {
                         out.push(b',');
                     }
-                    items[j].render_into(&mut out, Some(&av));
+                    render_item(&mut out, &items[j], &av, typed);
                     j += 1;
                 }
                 Some((Ok::<_, std::io::Error>(Bytes::from(out)), j))

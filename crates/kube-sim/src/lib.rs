@@ -77,8 +77,9 @@ pub enum BookmarkTiming {
     /// As the real watch cache (measured on Kubernetes v1.36.2): the first bookmark at the
     /// watch's `timeoutSeconds` deadline minus 2 s when that comes within a minute, then one
     /// about every second until the watch closes; without a deadline (or a later one) one a
-    /// minute. A bookmark is sent only when its revision is newer than the one the watch
-    /// started from (a quiet watch from the current revision gets none).
+    /// minute. A bookmark is sent only when its revision is newer than what the watch has
+    /// (the revision it started from, its last event): a quiet watch gets none until something
+    /// else is written.
     #[default]
     AsRealServer,
     /// A BOOKMARK every interval, whatever the deadline and revision: fast bookmarks for tests.

@@ -88,6 +88,20 @@ fn encode(mut v: Map<String, Value>) -> Result<Obj, ApiError> {
         Some(Value::String(s)) => s,
         _ => return Err(ApiError::bad_request("Object 'Kind' is missing")),
     };
+    if let Some(Value::Object(meta)) = v.get_mut("metadata") {
+        // empty maps and lists are left out, as Go's `omitempty` does on the real server
+        meta.retain(|k, x| {
+            !(matches!(
+                k.as_str(),
+                "labels" | "annotations" | "finalizers" | "ownerReferences"
+            ) && match x {
+                Value::Null => true,
+                Value::Object(m) => m.is_empty(),
+                Value::Array(a) => a.is_empty(),
+                _ => false,
+            })
+        });
+    }
     let meta = &v["metadata"];
     let s = |x: &Value| x.as_str().unwrap_or_default().to_string();
     let mut labels: Vec<(Box<str>, Box<str>)> = meta["labels"]
@@ -328,10 +342,25 @@ impl Inner {
     ) -> Result<Option<Vec<Arc<ResourceDef>>>, ApiError> {
         match (def.group.as_str(), def.kind.as_str()) {
             ("", "Namespace") => {
+                // as the real server: the name label and the `kubernetes` finalizer
+                let name = m["metadata"]["name"].clone();
+                let meta = m.entry("metadata").or_insert_with(|| json!({}));
+                if !meta["labels"].is_object() {
+                    meta["labels"] = json!({});
+                }
+                meta["labels"]["kubernetes.io/metadata.name"] = name;
+                let spec = m.entry("spec").or_insert_with(|| json!({}));
+                if spec.is_object() && spec.get("finalizers").is_none() {
+                    spec["finalizers"] = json!(["kubernetes"]);
+                }
                 let status = m.entry("status").or_insert_with(|| json!({}));
                 if status.get("phase").is_none() {
                     status["phase"] = "Active".into();
                 }
+                Ok(None)
+            }
+            ("", "Secret") => {
+                m.entry("type").or_insert_with(|| "Opaque".into());
                 Ok(None)
             }
             ("apiextensions.k8s.io", "CustomResourceDefinition") => {

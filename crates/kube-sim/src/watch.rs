@@ -368,9 +368,9 @@ impl WatchTask {
         let av = self.def.api_version();
         let deadline = self.q.timeout.map(|t| tokio::time::Instant::now() + t);
         let mut bookmark_at = self.next_bookmark(tokio::time::Instant::now(), deadline);
-        // the real watch cache sends a watcher only what is newer than where it started,
-        // bookmarks included
-        let started = pos;
+        // the real watch cache sends a bookmark only when it is newer than what the watcher
+        // has (its start, its last event)
+        let mut last_sent = pos;
         loop {
             if self.store.read_faults().stuck_watches {
                 // a dead stream: nothing more, not even the close at timeoutSeconds
@@ -389,6 +389,7 @@ impl WatchTask {
                     for e in &events {
                         if let Some((ty, obj)) = self.q.translate(e) {
                             frame(&mut out, ty, obj, &av);
+                            last_sent = last_sent.max(e.rv);
                         }
                     }
                     if !out.is_empty() && self.tx.send(Bytes::from(out)).await.is_err() {
@@ -408,7 +409,8 @@ impl WatchTask {
                     } } => return,
                 changed = self.rv_rx.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep_until(bookmark_at) => {
-                    let newer = pos > started || matches!(self.bookmarks, BookmarkTiming::Every(_));
+                    let newer =
+                        pos > last_sent || matches!(self.bookmarks, BookmarkTiming::Every(_));
                     if self.q.bookmarks
                         && newer
                         && !self.store.read_faults().stuck_watches

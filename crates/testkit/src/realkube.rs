@@ -100,6 +100,7 @@ pub struct ControlPlane {
 }
 
 static SHARED: Mutex<Weak<ControlPlane>> = Mutex::new(Weak::new());
+static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl ControlPlane {
     /// Starts a plane, or returns `None` after printing why the test is skipped (an error
@@ -137,19 +138,19 @@ impl ControlPlane {
         if let Some(p) = SHARED.lock().unwrap_or_else(|e| e.into_inner()).upgrade() {
             return Ok(Some(p));
         }
-        // Started outside the lock (it takes seconds); a test racing here starts its own.
+        // One start at a time: the tests of a binary start together, and each starting a
+        // plane of its own (8-15 s of CPU each on two cores) is what sharing avoids. The
+        // async lock is held over the start; the std one never across an await.
+        let _starting = STARTING.lock().await;
+        if let Some(p) = SHARED.lock().unwrap_or_else(|e| e.into_inner()).upgrade() {
+            return Ok(Some(p));
+        }
         let Some(plane) = Self::start().await? else {
             return Ok(None);
         };
         let plane = Arc::new(plane);
-        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        match shared.upgrade() {
-            Some(other) => Ok(Some(other)),
-            None => {
-                *shared = Arc::downgrade(&plane);
-                Ok(Some(plane))
-            }
-        }
+        *SHARED.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&plane);
+        Ok(Some(plane))
     }
 
     pub fn run_dir(&self) -> &Path {
