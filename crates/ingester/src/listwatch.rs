@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use kube::api::{Api, ListParams, VersionMatch, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::info;
 
@@ -20,6 +20,15 @@ use crate::object::RawObject;
 /// Server-side watch timeout (`timeoutSeconds`): the server ends the watch after it and the
 /// loop re-watches from where it was.
 const WATCH_TIMEOUT_SECS: u32 = 290;
+/// `timeoutSeconds` of the watches of a resumed scope until the server has confirmed (by an
+/// event or a bookmark) that it is past the collection's resourceVersion read at resume. A
+/// real API server's watch cache sends the first BOOKMARK of a quiet watch only 2 s before
+/// the watch's deadline, or after about a minute: with the normal timeout a quiet scope
+/// would keep readiness waiting for a minute after every restart. With this one the
+/// bookmark comes after about a second, and the short watches stop once caught up.
+const CATCH_UP_TIMEOUT_SECS: u32 = 3;
+/// How much earlier than its deadline, by our clock, the server may end a watch.
+const CLOCK_SLACK: Duration = Duration::from_millis(500);
 /// A watch that sends nothing (not even the end of the stream) this long after the server
 /// should have ended it is treated as a dead connection.
 const IDLE_GRACE: Duration = Duration::from_secs(15);
@@ -139,9 +148,10 @@ enum State {
     Resume {
         from: i64,
     },
-    /// Start a list. `consistent`: a quorum read (after 410, or when a cached list broke);
-    /// else the API server may answer from its watch cache (cheaper, possibly older: the
-    /// sweep's guard and the watch that follows make that safe).
+    /// Start a list. `consistent`: a streaming list from the current state (after 410, or
+    /// when a list broke); else from whatever state the watch cache has (`resourceVersion=0`:
+    /// possibly older, which the sweep's guard and the watch that follows make safe). Paged
+    /// lists are always consistent (see `start_list`).
     List {
         consistent: bool,
     },
@@ -170,6 +180,12 @@ struct Machine {
     api: Api<RawObject>,
     settings: Settings,
     backoff: Duration,
+    /// Resumed, and the server has not yet shown it is past this resourceVersion (the
+    /// collection's when the watch resumed): watches are short until it has.
+    catch_up_to: Option<i64>,
+    /// `timeoutSeconds` of the watch in progress, and when it was asked for.
+    watch_timeout: u32,
+    watch_started: std::time::Instant,
 }
 
 /// The list-and-watch loop as a stream of steps (cancel-safe: drop it to stop).
@@ -186,6 +202,9 @@ pub fn list_watch(
         api,
         settings,
         backoff: BACKOFF_MIN,
+        catch_up_to: None,
+        watch_timeout: WATCH_TIMEOUT_SECS,
+        watch_started: std::time::Instant::now(),
     };
     futures::stream::unfold((machine, state), |(mut m, mut state)| async move {
         loop {
@@ -285,6 +304,7 @@ impl Machine {
                 return self.fail(reason, e.to_string(), State::Resume { from });
             }
         };
+        self.catch_up_to = current.filter(|c| *c > from);
         match self.start_watch(&from.to_string(), false).await {
             Ok(stream) => (
                 Some(Step::Resumed { from, current }),
@@ -408,11 +428,13 @@ impl Machine {
         match self.next_event(&mut stream).await {
             Ok(Some(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
                 self.backoff = BACKOFF_MIN;
+                self.reached(o.resource_version_number());
                 let from = next_from(&o, from);
                 (Some(Step::Applied(o)), State::Watching { from, stream })
             }
             Ok(Some(WatchEvent::Deleted(o))) => {
                 self.backoff = BACKOFF_MIN;
+                self.reached(o.resource_version_number());
                 let from = next_from(&o, from);
                 (Some(Step::Deleted(o)), State::Watching { from, stream })
             }
@@ -422,6 +444,7 @@ impl Machine {
                     // Watching again from "" would mean "from now": keep where we are.
                     return (None, State::Watching { from, stream });
                 }
+                self.reached(parse_rv(&rv));
                 let step = parse_rv(&rv).map(Step::Progress);
                 (step, State::Watching { from: rv, stream })
             }
@@ -434,12 +457,42 @@ impl Machine {
                 )
             }
             // The server ended the watch (its timeout): watch again from where it was.
-            Ok(None) => (None, State::Watch { from }),
+            Ok(None) => (self.ended_without_bookmark(), State::Watch { from }),
             Err((reason, message)) => self.fail(reason, message, State::Watch { from }),
         }
     }
 
+    /// A catching-up watch the server ended at its deadline without a bookmark. A real API
+    /// server's watch cache sends a BOOKMARK 2 s before a watch's deadline whenever it holds
+    /// a newer resourceVersion than the last event the watch has processed, events it
+    /// filtered out (other namespaces) included; none means the watch has processed
+    /// everything the cache had, which is at least the collection's resourceVersion read
+    /// (consistently) before the watch started. Without this a scope whose newest changes
+    /// were all filtered out would wait for the next change of its kind anywhere in the
+    /// cluster. A watch that ended before its deadline (a server going away) proves nothing.
+    fn ended_without_bookmark(&mut self) -> Option<Step> {
+        let deadline = Duration::from_secs(u64::from(CATCH_UP_TIMEOUT_SECS));
+        if self.watch_timeout != CATCH_UP_TIMEOUT_SECS
+            || self.watch_started.elapsed() + CLOCK_SLACK < deadline
+        {
+            return None;
+        }
+        self.catch_up_to.take().map(Step::Progress)
+    }
+
+    /// The server has shown every change up to `rv`: a resumed scope may be caught up.
+    fn reached(&mut self, rv: Option<i64>) {
+        if self
+            .catch_up_to
+            .is_some_and(|target| rv.is_some_and(|rv| rv >= target))
+        {
+            self.catch_up_to = None;
+        }
+    }
+
     async fn start_list(&mut self, consistent: bool) -> (Option<Step>, State) {
+        // A list shows everything up to its own resourceVersion: no catching up after it.
+        self.catch_up_to = None;
         let permit = match &self.settings.list_permits {
             Some(permits) => permits.clone().acquire_owned().await.ok(),
             None => None,
@@ -463,10 +516,13 @@ impl Machine {
                 }
             }
         }
+        // Pages are always consistent reads (no resourceVersion): a real API server answers
+        // `resourceVersion=0` from its watch cache whole, ignoring `limit` (one body of every
+        // object, built at once, restarted from zero when the connection breaks), while a
+        // list without one is paged with continue tokens (served from the watch cache's
+        // snapshots since Kubernetes 1.34, from etcd before). Measured in docs/benchmarks.md.
         let params = ListParams {
             limit: Some(self.settings.page_size),
-            resource_version: (!consistent).then(|| "0".to_owned()),
-            version_match: (!consistent).then_some(VersionMatch::NotOlderThan),
             ..ListParams::default()
         };
         match self.api.list(&params).await {
@@ -493,12 +549,18 @@ impl Machine {
     }
 
     async fn start_watch(
-        &self,
+        &mut self,
         from: &str,
         initial_events: bool,
     ) -> Result<ObjectStream, kube::Error> {
+        self.watch_timeout = if self.catch_up_to.is_some() {
+            CATCH_UP_TIMEOUT_SECS
+        } else {
+            WATCH_TIMEOUT_SECS
+        };
+        self.watch_started = std::time::Instant::now();
         let params = WatchParams {
-            timeout: Some(WATCH_TIMEOUT_SECS),
+            timeout: Some(self.watch_timeout),
             bookmarks: true,
             send_initial_events: initial_events,
             ..WatchParams::default()
@@ -512,7 +574,7 @@ impl Machine {
         &self,
         stream: &mut ObjectStream,
     ) -> Result<Option<WatchEvent<RawObject>>, (FailureReason, String)> {
-        let idle = Duration::from_secs(u64::from(WATCH_TIMEOUT_SECS)) + IDLE_GRACE;
+        let idle = Duration::from_secs(u64::from(self.watch_timeout)) + IDLE_GRACE;
         match tokio::time::timeout(idle, stream.next()).await {
             Err(_) => Err((
                 FailureReason::Connection,

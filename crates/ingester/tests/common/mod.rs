@@ -2,6 +2,8 @@
 //! database, the ingester binary as a child process.
 #![allow(dead_code)]
 
+pub mod real;
+
 use std::time::Duration;
 
 use kube_sim::{KubeSim, SimConfig, Store};
@@ -37,27 +39,11 @@ impl Harness {
 
     /// The ingester's environment for this harness plus `extra` (which wins).
     pub fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut env = self.db.ingester_env();
-        env.push((
-            "KUBECONFIG".into(),
-            self.dir.path().join("kubeconfig").display().to_string(),
-        ));
-        env.push(("CLUSTER_NAME".into(), CLUSTER.into()));
-        env.push(("FLUSH_INTERVAL".into(), "50ms".into()));
-        env.push(("DB_READY_TIMEOUT".into(), "20s".into()));
-        env.push(("SHUTDOWN_TIMEOUT".into(), "20s".into()));
-        for (k, v) in extra {
-            env.retain(|(n, _)| n != k);
-            env.push(((*k).into(), (*v).into()));
-        }
-        env
+        ingester_env(&self.db, &self.dir.path().join("kubeconfig"), extra)
     }
 
     pub fn spawn(&self, extra: &[(&str, &str)]) -> anyhow::Result<IngesterProcess> {
-        IngesterProcess::start(
-            std::path::Path::new(env!("CARGO_BIN_EXE_resources-ingester")),
-            &self.env(extra),
-        )
+        spawn_ingester(&self.env(extra))
     }
 
     pub async fn start_ready(&self, extra: &[(&str, &str)]) -> anyhow::Result<IngesterProcess> {
@@ -66,9 +52,40 @@ impl Harness {
         Ok(p)
     }
 
+    /// The table of this test's database.
+    pub fn table(&self) -> Table<'_> {
+        Table(&self.db)
+    }
+
+    pub async fn row(&self, uid: &str) -> anyhow::Result<Option<(Value, bool)>> {
+        self.table().row(uid).await
+    }
+
+    pub async fn wait_row(
+        &self,
+        uid: &str,
+        what: &str,
+        pred: impl Fn(&Value, bool) -> bool,
+    ) -> anyhow::Result<Value> {
+        self.table().wait_row(uid, what, pred).await
+    }
+
+    pub async fn count(&self, sql_where: &str) -> anyhow::Result<i64> {
+        self.table().count(sql_where).await
+    }
+
+    pub async fn wait_count(&self, sql_where: &str, expected: i64) -> anyhow::Result<()> {
+        self.table().wait_count(sql_where, expected).await
+    }
+}
+
+/// `krateo_resources` of a test's database, as the tests read it (rows of [`CLUSTER`]).
+pub struct Table<'a>(pub &'a TestDb);
+
+impl Table<'_> {
     /// The row of the object with `uid`: (raw, deleted_at is set).
     pub async fn row(&self, uid: &str) -> anyhow::Result<Option<(Value, bool)>> {
-        let c = self.db.client().await?;
+        let c = self.0.client().await?;
         let row = c
             .query_opt(
                 "SELECT raw, deleted_at IS NOT NULL FROM krateo_resources WHERE global_uid = $1",
@@ -99,7 +116,7 @@ impl Harness {
     }
 
     pub async fn count(&self, sql_where: &str) -> anyhow::Result<i64> {
-        let c = self.db.client().await?;
+        let c = self.0.client().await?;
         Ok(c.query_one(
             &format!("SELECT count(*) FROM krateo_resources WHERE {sql_where}"),
             &[],
@@ -123,6 +140,33 @@ impl Harness {
         )
         .await
     }
+}
+
+/// The ingester's environment for database `db` and API server `kubeconfig`, plus `extra`
+/// (which wins).
+pub fn ingester_env(
+    db: &TestDb,
+    kubeconfig: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env = db.ingester_env();
+    env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+    env.push(("CLUSTER_NAME".into(), CLUSTER.into()));
+    env.push(("FLUSH_INTERVAL".into(), "50ms".into()));
+    env.push(("DB_READY_TIMEOUT".into(), "20s".into()));
+    env.push(("SHUTDOWN_TIMEOUT".into(), "20s".into()));
+    for (k, v) in extra {
+        env.retain(|(n, _)| n != k);
+        env.push(((*k).into(), (*v).into()));
+    }
+    env
+}
+
+pub fn spawn_ingester(env: &[(String, String)]) -> anyhow::Result<IngesterProcess> {
+    IngesterProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_resources-ingester")),
+        env,
+    )
 }
 
 pub fn uid(v: &Value) -> String {
