@@ -60,6 +60,24 @@ impl RecordDropped<'_> {
     }
 }
 
+/// A batch was committed without its change-feed notification: PostgreSQL's NOTIFY queue
+/// was full (a listener stopped reading, or sits in an open transaction). The rows are
+/// written; listeners miss this notification (they re-read what changed since their last one).
+pub struct ChangeFeedSkipped<'a> {
+    pub rows: u64,
+    pub error: &'a str,
+}
+impl ChangeFeedSkipped<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        warn!(
+            rows = self.rows,
+            error = self.error,
+            "change feed notification skipped; the batch was written without it"
+        );
+        m.change_feed_skipped.inc();
+    }
+}
+
 /// A record was stored in a cleaned-up form.
 pub struct RecordSanitised<'a> {
     pub global_uid: &'a str,

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub write_failures: Counter,
     pub records_sanitised: Family<Labels, Counter>,
     pub records_dropped: Family<Labels, Counter>,
+    pub change_feed_skipped: Counter,
     pub relists: Family<Labels, Counter>,
     pub watch_resumes: Family<Labels, Counter>,
     pub sweep_deletes: Counter,
@@ -83,6 +84,7 @@ impl Metrics {
             write_failures: Counter::default(),
             records_sanitised: Family::default(),
             records_dropped: Family::default(),
+            change_feed_skipped: Counter::default(),
             relists: Family::default(),
             watch_resumes: Family::default(),
             sweep_deletes: Counter::default(),
@@ -174,6 +176,11 @@ impl Metrics {
             "ingester_records_dropped",
             "Records that could not be stored at all, by reason",
             m.records_dropped.clone(),
+        );
+        r.register(
+            "ingester_change_feed_skipped",
+            "Batches committed without their change-feed notification (the NOTIFY queue was full)",
+            m.change_feed_skipped.clone(),
         );
         r.register(
             "ingester_relists",

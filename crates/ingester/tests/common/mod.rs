@@ -162,6 +162,19 @@ pub fn ingester_env(
     env
 }
 
+/// The ingester's configuration for database `db` (for tests that drive the storage layer
+/// in-process), with `extra` flags (`["--history", "true"]`).
+pub fn db_config(db: &TestDb, extra: &[&str]) -> resources_ingester::config::Config {
+    use clap::Parser;
+    let mut args = vec!["resources-ingester".to_owned()];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    for (k, v) in db.ingester_env() {
+        args.push(format!("--{}", k.to_lowercase().replace('_', "-")));
+        args.push(v);
+    }
+    resources_ingester::config::Config::try_parse_from(args).expect("config")
+}
+
 pub fn spawn_ingester(env: &[(String, String)]) -> anyhow::Result<IngesterProcess> {
     IngesterProcess::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_resources-ingester")),

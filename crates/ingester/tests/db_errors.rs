@@ -1,0 +1,209 @@
+//! Errors that come from the database's state, not from a row, never cost a row: a full
+//! NOTIFY queue (the change feed is skipped, the batch is written), an identity sequence
+//! behind the table's ids (retried until it has moved past them). Real PostgreSQL: 18 for the
+//! NOTIFY queue (`max_notify_queue_pages` exists since 17), the suite's server for the rest.
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use resources_ingester::metrics::Metrics;
+use resources_ingester::object::RawObject;
+use resources_ingester::record::{build_record, EventKind, Record};
+use resources_ingester::routes::Route;
+use resources_ingester::storage::writer::{BatchWriter, Tombstone, WriterOptions};
+use resources_ingester::storage::Database;
+use testkit::pg::TestDb;
+
+fn record(uid: &str, rv: i64) -> Record {
+    let json = format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"cm-{uid}","namespace":"ns","uid":"{uid}","resourceVersion":"{rv}","creationTimestamp":"2024-01-01T00:00:00Z"}},"data":{{"k":"v"}}}}"#
+    );
+    let obj = RawObject::from_json(json).expect("json");
+    build_record(
+        obj,
+        &Arc::new(Route::new("", "v1", "configmaps", "ConfigMap")),
+        &Arc::from("c"),
+        EventKind::Apply,
+        Utc::now(),
+    )
+    .expect("record")
+    .0
+}
+
+fn uid(i: u32) -> String {
+    format!("00000000-0000-0000-0000-{i:012}")
+}
+
+async fn live(db: &TestDb, uid: &str) -> anyhow::Result<Option<bool>> {
+    let c = db.client().await?;
+    Ok(c.query_opt(
+        "SELECT deleted_at IS NULL FROM krateo_resources WHERE global_uid = $1",
+        &[&format!("c:{uid}")],
+    )
+    .await?
+    .map(|r| r.get(0)))
+}
+
+fn metric(m: &Metrics, series: &str) -> f64 {
+    testkit::process::metric_value(&m.encode(), series).unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_notify_queue_skips_the_feed_and_writes_the_rows() -> anyhow::Result<()> {
+    let Some(pg) = testkit::pg18::start_or_skip("db_errors::a_full_notify_queue")? else {
+        return Ok(());
+    };
+    // The smallest queue PostgreSQL allows (64 pages of 8 KiB), so it fills in a moment.
+    let admin = pg.server().connect("postgres").await?;
+    admin
+        .batch_execute("ALTER SYSTEM SET max_notify_queue_pages = 64")
+        .await?;
+    drop(admin);
+    pg.pg_stop()?;
+    pg.pg_start()?;
+    let db = TestDb::create_on(pg.server()).await?;
+    let pages: String = db
+        .client()
+        .await?
+        .query_one("SHOW max_notify_queue_pages", &[])
+        .await?
+        .get(0);
+    assert_eq!(pages, "64");
+    let config = common::db_config(&db, &[]);
+    let database = Database::connect(&config, 4).await?;
+    let metrics = Arc::new(Metrics::new());
+    let options = WriterOptions {
+        history: false,
+        change_feed: true,
+    };
+    let w = BatchWriter::with_options(database.pool.clone(), metrics.clone(), options);
+    w.write(&[record(&uid(1), 10)], &[]).await?;
+
+    // A listener that sits in an open transaction: the queue cannot move past it.
+    let listener = db.client().await?;
+    listener.batch_execute("LISTEN krateo_resources").await?;
+    listener.batch_execute("BEGIN; SELECT 1").await?;
+    let filler = db.client().await?;
+    let mut full = false;
+    for _ in 0..10_000 {
+        match filler
+            .execute(
+                "SELECT pg_notify('krateo_resources', repeat('x', 7000))",
+                &[],
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code().is_some_and(|c| c.code() == "54000") => {
+                full = true;
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::ensure!(full, "the NOTIFY queue never filled");
+
+    // A create and a delete while the queue is full: both are written.
+    let tombstone = Tombstone {
+        global_uid: format!("c:{}", uid(1)),
+        observed_at: Utc::now(),
+        not_newer_than: Some(10),
+    };
+    let stats = w.write(&[record(&uid(2), 11)], &[tombstone]).await?;
+    assert_eq!((stats.rows_written, stats.tombstoned), (1, 1));
+    assert_eq!(live(&db, &uid(2)).await?, Some(true), "the created row");
+    assert_eq!(live(&db, &uid(1)).await?, Some(false), "the tombstone");
+    assert_eq!(metric(&metrics, "ingester_change_feed_skipped_total"), 1.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "ingester_records_dropped_total{reason=\"rejected\"}"
+        ),
+        0.0
+    );
+
+    // The listener goes away: the feed is sent again, and every write meanwhile is stored.
+    drop(listener);
+    let next = std::sync::atomic::AtomicU32::new(3);
+    testkit::eventually(
+        "a batch written with its notification",
+        common::WAIT,
+        || async {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let skipped = metric(&metrics, "ingester_change_feed_skipped_total");
+            let stats = w
+                .write(&[record(&uid(i), 10 + i64::from(i))], &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            if stats.rows_written != 1 {
+                return Err(format!("record {i} not written: {stats:?}"));
+            }
+            Ok((metric(&metrics, "ingester_change_feed_skipped_total") == skipped).then_some(()))
+        },
+    )
+    .await?;
+    let c = db.client().await?;
+    let written: i64 = c
+        .query_one("SELECT count(*) FROM krateo_resources", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        written,
+        i64::from(next.into_inner()) - 1,
+        "every record has its row"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_sequence_behind_the_ids_is_retried_never_dropped() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let config = common::db_config(&db, &[]);
+    let database = Database::connect(&config, 4).await?;
+    let metrics = Arc::new(Metrics::new());
+    let w = BatchWriter::new(database.pool.clone(), metrics.clone());
+    for i in 1..=3 {
+        w.write(&[record(&uid(i), 10)], &[]).await?;
+    }
+    // As after a restore of the table without its sequence: the next ids are taken.
+    db.client()
+        .await?
+        .batch_execute("SELECT setval(pg_get_serial_sequence('krateo_resources', 'id'), 1)")
+        .await?;
+    let mut failures = 0;
+    loop {
+        match w.write(&[record(&uid(9), 10)], &[]).await {
+            Ok(stats) => {
+                assert_eq!(stats.rows_written, 1);
+                break;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("23505"), "{e}");
+                failures += 1;
+                anyhow::ensure!(failures < 10, "still failing: {e}");
+            }
+        }
+    }
+    assert!(
+        failures >= 1,
+        "the sequence was behind: the first attempts fail"
+    );
+    assert_eq!(live(&db, &uid(9)).await?, Some(true));
+    assert_eq!(
+        metric(
+            &metrics,
+            "ingester_records_dropped_total{reason=\"rejected\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "ingester_records_sanitised_total{reason=\"rejected_stored_as_stub\"}"
+        ),
+        0.0
+    );
+    Ok(())
+}
