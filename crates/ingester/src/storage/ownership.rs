@@ -119,7 +119,30 @@ fn coverage_of(r: &tokio_postgres::Row) -> Coverage {
 /// Retiring changes rows like the writer does: with `HISTORY` each retired row's last state is
 /// recorded as `deleted` (no resourceVersion of its own, as a sweep), with `CHANGE_FEED` the
 /// rows are notified, both in the same transaction.
+///
+/// A full NOTIFY queue (`COMMIT` refused with 54000: a listener stopped reading) never stops
+/// start-up: the same work is committed again without the notification, with a warning.
 pub async fn retire_uncovered(
+    pool: &Pool,
+    cluster: &str,
+    instance: &str,
+    now: &Coverage,
+    options: super::writer::WriterOptions,
+) -> Result<Retired, String> {
+    match retire_once(pool, cluster, instance, now, options).await {
+        Err(e) if options.change_feed && e.starts_with(super::writer::NOTIFY_QUEUE_FULL) => {
+            tracing::warn!(error = %e, "change feed notification of the retired rows skipped; retiring without it");
+            let options = super::writer::WriterOptions {
+                change_feed: false,
+                ..options
+            };
+            retire_once(pool, cluster, instance, now, options).await
+        }
+        other => other,
+    }
+}
+
+async fn retire_once(
     pool: &Pool,
     cluster: &str,
     instance: &str,
@@ -140,7 +163,10 @@ pub async fn retire_uncovered(
             .await
             .map_err(|e| e.to_string())?;
     }
-    tx.commit().await.map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| match e.code() {
+        Some(c) if c.code() == "54000" => format!("{}: {e}", super::writer::NOTIFY_QUEUE_FULL),
+        _ => e.to_string(),
+    })?;
     Ok(retired)
 }
 

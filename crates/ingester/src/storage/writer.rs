@@ -280,6 +280,9 @@ impl ToSql for Jsonb<'_> {
     to_sql_checked!();
 }
 
+/// How a `COMMIT` refused for its queued notification is reported (SQLSTATE 54000 at commit).
+pub const NOTIFY_QUEUE_FULL: &str = "the NOTIFY queue is full";
+
 /// Where in a batch's transaction an error came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
