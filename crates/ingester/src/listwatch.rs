@@ -141,6 +141,10 @@ pub struct Settings {
     pub page_size: u32,
     /// Bounds the lists running at once (across watches).
     pub list_permits: Option<Arc<Semaphore>>,
+    /// The `apiVersion` and `kind` of the watched resource: a real API server leaves them out
+    /// of the items of a list of a built-in kind (they are on the list), and a stored object
+    /// must carry them like the watch's objects do.
+    pub type_meta: (String, String),
 }
 
 enum State {
@@ -332,7 +336,11 @@ impl Machine {
         continue_token: Option<String>,
         resource_version: String,
     ) -> (Option<Step>, State) {
-        if let Some(obj) = items.pop_front() {
+        if let Some(mut obj) = items.pop_front() {
+            if obj.api_version.is_none() {
+                let (api_version, kind) = &self.settings.type_meta;
+                obj.set_type_meta(api_version, kind);
+            }
             return (
                 Some(Step::Listed(obj)),
                 State::Paging {

@@ -61,6 +61,25 @@ impl RawObject {
         })
     }
 
+    /// Puts `apiVersion` and `kind` in front of the object's members, for a list item that
+    /// came without them (a real API server's lists of built-in kinds carry them on the list
+    /// only). A member of the object with the same name wins (jsonb keeps the last one).
+    pub fn set_type_meta(&mut self, api_version: &str, kind: &str) {
+        let Some(body) = self.json.strip_prefix('{') else {
+            return;
+        };
+        let head = serde_json::json!({ "apiVersion": api_version, "kind": kind }).to_string();
+        let head = &head[..head.len() - 1];
+        let sep = if body.trim_start().starts_with('}') {
+            ""
+        } else {
+            ","
+        };
+        if let Ok(obj) = RawObject::from_json(format!("{head}{sep}{body}")) {
+            *self = obj;
+        }
+    }
+
     pub fn status_json(&self) -> Option<&str> {
         self.status.clone().and_then(|r| self.json.get(r))
     }
@@ -201,6 +220,20 @@ impl<'de> Deserialize<'de> for CompositionLabel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_item_without_type_meta_gets_the_routes() {
+        let item = r#"{"metadata":{"name":"p","uid":"u","resourceVersion":"7"},"status":{"phase":"Running"}}"#;
+        let mut obj = RawObject::from_json(item.to_owned()).expect("json");
+        assert_eq!(obj.api_version, None);
+        obj.set_type_meta("apps/v1", "Deployment");
+        let v: serde_json::Value = serde_json::from_str(&obj.json).expect("json");
+        assert_eq!(v["apiVersion"], "apps/v1");
+        assert_eq!(v["kind"], "Deployment");
+        assert_eq!(v["metadata"]["name"], "p");
+        assert_eq!(obj.status_json(), Some(r#"{"phase":"Running"}"#));
+        assert_eq!(obj.api_version.as_deref(), Some("apps/v1"));
+    }
 
     const POD: &str = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"ns","uid":"u-1","resourceVersion":"42","creationTimestamp":"2024-01-02T03:04:05Z","labels":{"a":"b","krateo.io/composition-id":"0f9e2c4c-3c1d-4b8e-9a51-1a2b3c4d5e6f"},"managedFields":[{"manager":"x"}]},"spec":{"x":1},"status":{"phase":"Running"}}"#;
 

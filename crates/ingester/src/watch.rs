@@ -240,6 +240,10 @@ pub async fn run_watch(
         streaming: watch.ctx.streaming_lists,
         page_size: watch.ctx.page_size,
         list_permits: Some(watch.ctx.list_permits.clone()),
+        type_meta: (
+            watch.spec.route.api_version(),
+            watch.spec.route.kind.clone(),
+        ),
     };
     let mut steps = list_watch(api, settings, start);
     let mut checkpoints = tokio::time::interval(watch.ctx.checkpoint_interval);
