@@ -282,3 +282,102 @@ async fn compaction_and_apiserver_restarts_lose_nothing() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// A metric of a running ingester; a missing series or an unanswered `/metrics` is an error.
+async fn metric_of(ing: &testkit::process::IngesterProcess, series: &str) -> anyhow::Result<f64> {
+    let text = ing.metrics().await.map_err(anyhow::Error::msg)?;
+    testkit::process::metric_value(&text, series)
+        .ok_or_else(|| anyhow::anyhow!("no series {series} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_with_the_charts_rbac_and_a_service_account_token() -> anyhow::Result<()> {
+    let Some(h) = RealHarness::own().await? else {
+        return Ok(());
+    };
+    // The manifests as a user applies them (namespace, ServiceAccount, ClusterRole from
+    // gen-rbac.py, bindings, the leader-election Role, Service, Deployment, PDB): the real
+    // server validates them; nothing runs the Deployment (no scheduler, no kubelet).
+    let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/manifests");
+    h.plane
+        .kubectl(&["apply", "-f", &manifests.display().to_string()])?;
+    let token = h
+        .plane
+        .service_account_token("resources-ingester", "resources-ingester")?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("sa.kubeconfig");
+    h.plane.write_token_kubeconfig(&token, &kubeconfig)?;
+    let kubeconfig = kubeconfig.display().to_string();
+    h.namespace("team").await?;
+    let before = h.configmap("team", "before")?;
+
+    let replica = |name: &'static str| {
+        let mut env = leader_env(name, "6s");
+        env.extend([
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("LEASE_NAMESPACE", "resources-ingester"),
+            ("POD_NAMESPACE", "resources-ingester"),
+        ]);
+        env
+    };
+    let mut a = h.start_ready(&replica("replica-a")).await?;
+    testkit::eventually("replica-a leads", WAIT, || async {
+        Ok((metric_of(&a, "ingester_leader").await.ok() == Some(1.0)).then_some(()))
+    })
+    .await?;
+    let b = h.start_ready(&replica("replica-b")).await?;
+    let t = h.table();
+    t.wait_row(&uid(&before), "listed by the leader", |_, d| !d)
+        .await?;
+    let during = h.configmap("team", "during")?;
+    t.wait_row(&uid(&during), "written by the leader", |raw, d| {
+        !d && raw == &during
+    })
+    .await?;
+    assert_eq!(metric_of(&b, "ingester_leader").await?, 0.0, "b stands by");
+    assert_eq!(
+        metric_of(&b, "ingester_rows_written_total").await?,
+        0.0,
+        "the standby writes nothing"
+    );
+    let holder = |h: &RealHarness| -> anyhow::Result<String> {
+        Ok(h.plane.kubectl(&[
+            "-n",
+            "resources-ingester",
+            "get",
+            "lease",
+            "resources-ingester",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])?)
+    };
+    assert_eq!(holder(&h)?, "replica-a");
+
+    let st = a.terminate(WAIT).await?;
+    assert!(
+        st.success(),
+        "the leader exits 0 on SIGTERM: {st}\n{}",
+        a.log()
+    );
+    testkit::eventually("replica-b takes over", WAIT, || async {
+        Ok((metric_of(&b, "ingester_leader").await.ok() == Some(1.0)).then_some(()))
+    })
+    .await?;
+    assert_eq!(holder(&h)?, "replica-b");
+    let after = h.configmap("team", "after")?;
+    t.wait_row(&uid(&after), "written by the new leader", |raw, d| {
+        !d && raw == &after
+    })
+    .await?;
+    // The ServiceAccount may not write anything the ingester does not need: a denied
+    // request is what the real RBAC answers.
+    let denied = h.plane.kubectl(&[
+        "auth",
+        "can-i",
+        "delete",
+        "pods",
+        "--as=system:serviceaccount:resources-ingester:resources-ingester",
+    ]);
+    assert!(denied.is_err() || denied.is_ok_and(|s| s.trim() == "no"));
+    Ok(())
+}
