@@ -381,3 +381,89 @@ async fn leader_election_with_the_charts_rbac_and_a_service_account_token() -> a
     assert!(denied.is_err() || denied.is_ok_and(|s| s.trim() == "no"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_api_server_whose_watch_cache_lags_loses_nothing() -> anyhow::Result<()> {
+    let Some(h) = RealHarness::own().await? else {
+        return Ok(());
+    };
+    // A second kube-apiserver on the same etcd, every byte from etcd held back 1.5 s.
+    let lagging = h
+        .plane
+        .add_lagging_apiserver(Duration::from_millis(1500))
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let lagging_kubeconfig = dir.path().join("lagging.kubeconfig");
+    h.plane
+        .write_kubeconfig_for_port(lagging.port, &lagging_kubeconfig)?;
+    let lagging_kubeconfig = lagging_kubeconfig.display().to_string();
+    let ns = "lag";
+    h.namespace(ns).await?;
+    let first: Vec<Value> = (0..3)
+        .map(|i| h.configmap(ns, &format!("cm{i}")))
+        .collect::<anyhow::Result<_>>()?;
+    let t = h.table();
+
+    // Run 1 on the up-to-date server, with changes until the moment it stops: its resume
+    // points are ahead of the lagging server's cache when run 2 starts there at once.
+    let env = [("NAMESPACES", ns), FAST_CHECKPOINTS];
+    let mut ing = h.start_ready(&env).await?;
+    let mut last = first[2].clone();
+    for i in 0..5 {
+        last["data"]["k"] = json!(format!("v{i}"));
+        last = h.replace(&last)?;
+    }
+    let newest: i64 = rv(&last).parse()?;
+    let db = h.db.client().await?;
+    testkit::eventually("the configmaps' resume point at the newest change", WAIT, || async {
+        let p: Option<i64> = db
+            .query_opt(
+                "SELECT resource_version FROM krateo_ingester_watch_state WHERE scope LIKE '/v1/configmaps/%'",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|r| r.get(0));
+        Ok(p.filter(|p| *p >= newest))
+    })
+    .await?;
+    let st = ing.terminate(WAIT).await?;
+    anyhow::ensure!(st.success(), "run 1: {st}");
+    h.delete("configmap", Some(ns), "cm0")?;
+    let created = h.configmap(ns, "created-between")?;
+
+    // Run 2 on the lagging server; changes keep coming through the other one.
+    let mut env2 = env.to_vec();
+    env2.push(("KUBECONFIG", lagging_kubeconfig.as_str()));
+    let ing = h.start_ready(&env2).await?;
+    let live = h.configmap(ns, "while-lagging")?;
+    for (o, what) in [
+        (&created, "created between the runs"),
+        (&live, "created while running"),
+    ] {
+        t.wait_row(&uid(o), what, |raw, d| !d && raw == o).await?;
+    }
+    t.wait_row(&uid(&first[0]), "deleted between the runs", |_, d| d)
+        .await?;
+    t.wait_row(&uid(&last), "the newest state of cm2", |raw, d| {
+        !d && rv(raw) == rv(&last)
+    })
+    .await?;
+    h.delete("configmap", Some(ns), "cm1")?;
+    t.wait_row(&uid(&first[1]), "deleted while lagging", |_, d| d)
+        .await?;
+    // The fault was real: the second server's watch cache began after some resume points
+    // (quiet scopes: 410 "too old resource version", a list and a sweep) and behind others
+    // ("Too large resource version", retried); either way its watches were refused first.
+    let m = ing.metrics().await.map_err(anyhow::Error::msg)?;
+    let refused: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("ingester_watch_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        refused >= 1.0,
+        "no watch was refused by the lagging server: {m}"
+    );
+    Ok(())
+}

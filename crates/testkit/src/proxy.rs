@@ -2,7 +2,7 @@
 //! shared PostgreSQL. While cut, open connections are closed and new ones refused.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -15,18 +15,32 @@ use tokio::sync::watch;
 pub struct TcpProxy {
     pub port: u16,
     up: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
     generation: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl TcpProxy {
     pub async fn start(target: SocketAddr) -> anyhow::Result<TcpProxy> {
-        Self::start_delayed(target, Duration::ZERO).await
+        Self::start_inner(target, None).await
     }
 
     /// A proxy that also holds every byte coming back from `target` by `delay` (latency, not
-    /// a bandwidth limit: bytes keep flowing, each arrives `delay` late).
+    /// a bandwidth limit: bytes keep flowing, each arrives `delay` late); [`Self::set_delay`]
+    /// changes it for the bytes read from then on.
     pub async fn start_delayed(target: SocketAddr, delay: Duration) -> anyhow::Result<TcpProxy> {
+        Self::start_inner(target, Some(delay)).await
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    async fn start_inner(target: SocketAddr, delay: Option<Duration>) -> anyhow::Result<TcpProxy> {
+        let delay_ms = Arc::new(AtomicU64::new(delay.map_or(0, |d| d.as_millis() as u64)));
+        let delayed = delay.is_some();
+        let delay_ms2 = delay_ms.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let up = Arc::new(AtomicBool::new(true));
@@ -40,11 +54,12 @@ impl TcpProxy {
                     continue;
                 }
                 let mut cut = gen2.subscribe();
+                let delay_ms = delay_ms2.clone();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
                     };
-                    if delay.is_zero() {
+                    if !delayed {
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                             _ = cut.changed() => {}
@@ -53,8 +68,8 @@ impl TcpProxy {
                         let (in_read, in_write) = inbound.into_split();
                         let (out_read, out_write) = outbound.into_split();
                         tokio::select! {
-                            _ = copy(in_read, out_write, Duration::ZERO) => {}
-                            _ = copy(out_read, in_write, delay) => {}
+                            _ = copy(in_read, out_write, None) => {}
+                            _ = copy(out_read, in_write, Some(delay_ms)) => {}
                             _ = cut.changed() => {}
                         }
                     }
@@ -64,6 +79,7 @@ impl TcpProxy {
         Ok(TcpProxy {
             port,
             up,
+            delay_ms,
             generation,
             task,
         })
@@ -80,8 +96,8 @@ impl TcpProxy {
     }
 }
 
-/// Copies `from` to `to`, each chunk `delay` after it was read (reading goes on meanwhile).
-async fn copy(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Duration) {
+/// Copies `from` to `to`, each chunk `delay_ms` after it was read (reading goes on meanwhile).
+async fn copy(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay_ms: Option<Arc<AtomicU64>>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
     let reader = async move {
         let mut buf = vec![0u8; 64 * 1024];
@@ -89,10 +105,9 @@ async fn copy(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Duration) 
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if tx
-                        .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
-                        .is_err()
-                    {
+                    let delay = delay_ms.as_ref().map_or(0, |d| d.load(Ordering::SeqCst));
+                    let at = tokio::time::Instant::now() + Duration::from_millis(delay);
+                    if tx.send((at, buf[..n].to_vec())).is_err() {
                         break;
                     }
                 }

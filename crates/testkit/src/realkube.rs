@@ -348,7 +348,9 @@ impl ControlPlane {
         etcd_delay: Duration,
     ) -> anyhow::Result<LaggingApiserver> {
         let target = std::net::SocketAddr::from(([127, 0, 0, 1], self.etcd_port));
-        let proxy = crate::proxy::TcpProxy::start_delayed(target, etcd_delay).await?;
+        // It starts on an undelayed link (its start-up reads etcd a few hundred times in a
+        // row), and lags once ready.
+        let proxy = crate::proxy::TcpProxy::start_delayed(target, Duration::ZERO).await?;
         let port = free_port();
         let pki = self.run_dir.path().join("pki");
         let log = std::fs::File::create(self.run_dir.path().join(format!("apiserver-{port}.log")))?;
@@ -378,6 +380,7 @@ impl ControlPlane {
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        proxy.set_delay(etcd_delay);
         Ok(LaggingApiserver { port, proxy })
     }
 
