@@ -31,6 +31,7 @@ import http.client
 import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+INGESTER_BIN = None
 SHARED = os.environ.get("KUBE_SHARED_DIR", os.path.join(ROOT, "..", "shared", "kube"))
 
 
@@ -201,7 +202,7 @@ class Ingester:
                "DB_PARAMS": "sslmode=disable", "KUBECONFIG": plane.kubeconfig, "CLUSTER_NAME": "bench",
                "PORT": str(self.port), "METRICS_PORT": str(self.metrics_port), "RUST_LOG": "warn", **extra}
         self.log = tempfile.NamedTemporaryFile(prefix="ingester.", suffix=".log", delete=False)
-        self.p = subprocess.Popen([os.path.join(ROOT, "target", "release", "resources-ingester")], env=env,
+        self.p = subprocess.Popen([INGESTER_BIN], env=env,
                                   stdout=self.log, stderr=self.log)
         self.rss = RssPeak(self.p.pid)
 
@@ -245,7 +246,10 @@ def sync(plane, db, extra):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pods", type=int, default=60000)
+    ap.add_argument("--ingester-bin", default=os.path.join(ROOT, "target", "release", "resources-ingester"))
     args = ap.parse_args()
+    global INGESTER_BIN
+    INGESTER_BIN = args.ingester_bin
     plane = Plane()
     try:
         t0 = time.monotonic()
