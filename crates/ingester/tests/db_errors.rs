@@ -198,3 +198,68 @@ async fn an_identity_sequence_behind_the_ids_is_retried_never_dropped() -> anyho
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_the_database_refuses_costs_nothing_else() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let config = common::db_config(&db, &[]);
+    let database = Database::connect(&config, 4).await?;
+    let metrics = Arc::new(Metrics::new());
+    let w = BatchWriter::new(database.pool.clone(), metrics.clone());
+    for i in 1..=3 {
+        w.write(&[record(&uid(i), 10)], &[]).await?;
+    }
+    // The table's owner refuses to mark one row deleted (a trigger of its own).
+    let bad = format!("c:{}", uid(1));
+    db.client()
+        .await?
+        .batch_execute(&format!(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'refused' USING ERRCODE = '22023'; END $$;
+             CREATE TRIGGER refuse BEFORE UPDATE ON krateo_resources FOR EACH ROW
+               WHEN (NEW.global_uid = '{bad}' AND NEW.deleted_at IS NOT NULL) EXECUTE FUNCTION refuse();"
+        ))
+        .await?;
+    let tombstone = |i: u32| Tombstone {
+        global_uid: format!("c:{}", uid(i)),
+        observed_at: Utc::now(),
+        not_newer_than: Some(10),
+    };
+    // One batch: a new record and three tombstones, one of them refused.
+    let stats = w
+        .write(
+            &[record(&uid(9), 10)],
+            &[tombstone(1), tombstone(2), tombstone(3)],
+        )
+        .await?;
+    assert_eq!((stats.rows_written, stats.tombstoned), (1, 2));
+    assert_eq!(
+        live(&db, &uid(9)).await?,
+        Some(true),
+        "the record next to it"
+    );
+    assert_eq!(
+        live(&db, &uid(2)).await?,
+        Some(false),
+        "the other tombstones"
+    );
+    assert_eq!(live(&db, &uid(3)).await?, Some(false));
+    assert_eq!(live(&db, &uid(1)).await?, Some(true), "the refused one");
+    assert_eq!(
+        metric(
+            &metrics,
+            "ingester_records_dropped_total{reason=\"rejected\"}"
+        ),
+        1.0,
+        "exactly the refused tombstone is dropped"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "ingester_records_sanitised_total{reason=\"rejected_stored_as_stub\"}"
+        ),
+        0.0,
+        "the innocent record is stored whole"
+    );
+    Ok(())
+}

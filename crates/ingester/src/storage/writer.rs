@@ -317,7 +317,13 @@ enum Verdict {
 /// fails every insert), program limits (54: a row too big) and unsupported values (0A)
 /// other than "cached plan must not change result type" (the owner altered a column under
 /// a prepared statement). Errors at `COMMIT` are never the rows': the statements passed.
-fn verdict(stage: Stage, code: Option<&str>, constraint: Option<&str>, message: &str) -> Verdict {
+fn verdict(
+    stage: Stage,
+    code: Option<&str>,
+    constraint: Option<&str>,
+    table: Option<&str>,
+    message: &str,
+) -> Verdict {
     let Some(code) = code else {
         return Verdict::Transient;
     };
@@ -330,9 +336,13 @@ fn verdict(stage: Stage, code: Option<&str>, constraint: Option<&str>, message: 
         Stage::Notify | Stage::Commit => Verdict::Transient,
         Stage::Rows => {
             let primary_key = constraint.is_some_and(|c| c.ends_with("_pkey"));
+            // Another table's constraint (the history's day partitions: "no partition of
+            // relation found for row" when tomorrow's was not created) is the schema's state.
+            let other_table = table.is_some_and(|t| t != "krateo_resources")
+                || message.starts_with("no partition of relation");
             let replanned = code == "0A000" && message.contains("cached plan");
             let data = code.starts_with("22")
-                || (code.starts_with("23") && !primary_key)
+                || (code.starts_with("23") && !primary_key && !other_table)
                 || code.starts_with("54")
                 || (code.starts_with("0A") && !replanned);
             if data {
@@ -366,6 +376,7 @@ impl AttemptError {
                 stage,
                 db.map(|d| d.code().code()),
                 db.and_then(|d| d.constraint()),
+                db.and_then(|d| d.table()),
                 db.map(|d| d.message()).unwrap_or_default(),
             ) {
                 Verdict::Data => AttemptError::Data(msg),
@@ -411,55 +422,66 @@ impl BatchWriter {
         self.write_narrowing(records, tombstones).await
     }
 
+    /// Writes the batch; when PostgreSQL refuses it for some row's data, narrows the refusal
+    /// down: records and tombstones apart (records first, as in the batch's own transaction),
+    /// then halves, down to the one record (stored as a stub, else dropped) or the one
+    /// tombstone (dropped) it was about. Nothing next to it is lost.
     fn write_narrowing<'a>(
         &'a self,
         records: &'a [Record],
         tombstones: &'a [Tombstone],
     ) -> BoxFut<'a, Result<FlushStats, WriteError>> {
         Box::pin(async move {
-            match self.attempt(records, tombstones).await {
-                Ok(stats) => Ok(stats),
+            let e = match self.attempt(records, tombstones).await {
+                Ok(stats) => return Ok(stats),
                 Err(AttemptError::Transient(e) | AttemptError::FeedRefused(e)) => {
-                    Err(WriteError::Transient(e))
+                    return Err(WriteError::Transient(e))
                 }
-                Err(AttemptError::Data(e)) => match records.len() {
-                    0 => {
-                        // Tombstones carry only ids; a data error here is a bug, never retried forever.
-                        for t in tombstones {
-                            RecordDropped {
-                                resource: "tombstone",
-                                name: &t.global_uid,
-                                reason: "rejected",
-                                detail: &e,
-                            }
-                            .emit(&self.metrics);
-                        }
-                        Ok(FlushStats::default())
+                Err(AttemptError::Data(e)) => e,
+            };
+            match (records, tombstones) {
+                ([record], []) => self.store_rejected(record, &e).await,
+                ([], [tombstone]) => {
+                    RecordDropped {
+                        resource: "tombstone",
+                        name: &tombstone.global_uid,
+                        reason: "rejected",
+                        detail: &e,
                     }
-                    1 => self.store_rejected(&records[0], tombstones, &e).await,
-                    n => {
-                        let (left, right) = records.split_at(n / 2);
-                        let a = self.write_narrowing(left, tombstones).await?;
-                        let b = self.write_narrowing(right, &[]).await?;
-                        Ok(FlushStats {
-                            rows_written: a.rows_written + b.rows_written,
-                            tombstoned: a.tombstoned + b.tombstoned,
-                        })
-                    }
-                },
+                    .emit(&self.metrics);
+                    Ok(FlushStats::default())
+                }
+                ([], _) => {
+                    let (left, right) = tombstones.split_at(tombstones.len() / 2);
+                    self.write_both((&[], left), (&[], right)).await
+                }
+                (_, []) => {
+                    let (left, right) = records.split_at(records.len() / 2);
+                    self.write_both((left, &[]), (right, &[])).await
+                }
+                _ => self.write_both((records, &[]), (&[], tombstones)).await,
             }
         })
     }
 
-    /// The one record PostgreSQL refused: store its identity as a stub, else drop it.
-    async fn store_rejected(
+    /// Two narrowed batches of (records, tombstones), the first written before the second.
+    async fn write_both(
         &self,
-        record: &Record,
-        tombstones: &[Tombstone],
-        error: &str,
+        (r1, t1): (&[Record], &[Tombstone]),
+        (r2, t2): (&[Record], &[Tombstone]),
     ) -> Result<FlushStats, WriteError> {
+        let a = self.write_narrowing(r1, t1).await?;
+        let b = self.write_narrowing(r2, t2).await?;
+        Ok(FlushStats {
+            rows_written: a.rows_written + b.rows_written,
+            tombstoned: a.tombstoned + b.tombstoned,
+        })
+    }
+
+    /// The one record PostgreSQL refused: store its identity as a stub, else drop it.
+    async fn store_rejected(&self, record: &Record, error: &str) -> Result<FlushStats, WriteError> {
         let stub = record.to_stub(error);
-        match self.attempt(std::slice::from_ref(&stub), tombstones).await {
+        match self.attempt(std::slice::from_ref(&stub), &[]).await {
             Ok(stats) => {
                 RecordSanitised {
                     global_uid: &record.global_uid,
@@ -479,13 +501,7 @@ impl BatchWriter {
                     detail: &format!("{error}; stub: {e2}"),
                 }
                 .emit(&self.metrics);
-                match self.attempt(&[], tombstones).await {
-                    Ok(stats) => Ok(stats),
-                    Err(AttemptError::Transient(e) | AttemptError::FeedRefused(e)) => {
-                        Err(WriteError::Transient(e))
-                    }
-                    Err(AttemptError::Data(_)) => Ok(FlushStats::default()),
-                }
+                Ok(FlushStats::default())
             }
         }
     }
@@ -659,7 +675,15 @@ mod tests {
     fn only_errors_of_the_statements_that_read_rows_are_the_rows_fault() {
         use Stage::*;
         use Verdict::*;
-        let v = |stage, code, constraint, message| verdict(stage, Some(code), constraint, message);
+        let v = |stage, code, constraint, message| {
+            verdict(
+                stage,
+                Some(code),
+                constraint,
+                Some("krateo_resources"),
+                message,
+            )
+        };
         // The rows' data: narrow down.
         assert_eq!(
             v(Rows, "22P05", None, "unsupported Unicode escape sequence"),
@@ -700,7 +724,22 @@ mod tests {
             Transient
         );
         assert_eq!(v(Open, "22023", None, ""), Transient);
-        assert_eq!(verdict(Rows, None, None, ""), Transient, "no answer at all");
+        assert_eq!(
+            verdict(Rows, None, None, None, ""),
+            Transient,
+            "no answer at all"
+        );
+        assert_eq!(
+            verdict(
+                Rows,
+                Some("23514"),
+                None,
+                Some("krateo_resource_history"),
+                "no partition of relation \"krateo_resource_history\" found for row"
+            ),
+            Transient,
+            "a day partition of the history not created yet"
+        );
         // COMMIT: never the rows; a full NOTIFY queue refuses only the feed.
         assert_eq!(
             v(
