@@ -38,6 +38,10 @@ pub struct Manager {
     running: HashMap<String, Running>,
     /// CRD names seen since the current list started.
     listing: Option<HashSet<String>>,
+    /// Kinds served by a CRD, as of the last complete list and the events since.
+    crd_kinds: HashSet<Kind>,
+    /// The same, collected while a list is in progress.
+    listing_kinds: HashSet<Kind>,
     /// The resourceVersion of the last complete CRD list, while the sweep of kinds whose CRD
     /// is gone is still owed (it failed and is retried).
     orphan_sweep_owed: Option<Option<i64>>,
@@ -64,6 +68,8 @@ impl Manager {
             static_kinds,
             running: HashMap::new(),
             listing: None,
+            crd_kinds: HashSet::new(),
+            listing_kinds: HashSet::new(),
             orphan_sweep_owed: None,
             cancel,
         }
@@ -87,7 +93,10 @@ impl Manager {
             };
             let Some(event) = event else { break };
             match event {
-                CrdEvent::ListStarted => self.listing = Some(HashSet::new()),
+                CrdEvent::ListStarted => {
+                    self.listing = Some(HashSet::new());
+                    self.listing_kinds.clear();
+                }
                 CrdEvent::Applied(crd) => self.applied(crd).await,
                 CrdEvent::Deleted(crd) => self.deleted(crd).await,
                 CrdEvent::ListDone { resource_version } => self.list_done(resource_version).await,
@@ -102,10 +111,12 @@ impl Manager {
     }
 
     async fn applied(&mut self, crd: CrdSummary) {
+        let kind = (crd.group.clone(), crd.plural.clone());
         if let Some(seen) = self.listing.as_mut() {
             seen.insert(crd.name.clone());
+            self.listing_kinds.insert(kind.clone());
         }
-        let kind = (crd.group.clone(), crd.plural.clone());
+        self.crd_kinds.insert(kind.clone());
         if crd.is_managed(&self.groups) && self.static_kinds.contains(&kind) {
             if !self.running.contains_key(&crd.name) {
                 warn!(crd = %crd.name, "this kind is also a static route: the static route watches it; no second watch");
@@ -132,6 +143,7 @@ impl Manager {
     async fn deleted(&mut self, crd: CrdSummary) {
         self.stop(&crd.name).await;
         let kind = (crd.group.clone(), crd.plural.clone());
+        self.crd_kinds.remove(&kind);
         // Swept even when not running (a CRD that had stopped serving, then was deleted).
         if crd.is_managed(&self.groups) && !self.static_kinds.contains(&kind) {
             self.sweep_kind(&kind, None, crd.resource_version).await;
@@ -212,6 +224,7 @@ impl Manager {
         let Some(seen) = self.listing.take() else {
             return;
         };
+        self.crd_kinds = std::mem::take(&mut self.listing_kinds);
         let gone: Vec<String> = self
             .running
             .keys()
@@ -236,7 +249,13 @@ impl Manager {
         let Some(list_rv) = self.orphan_sweep_owed else {
             return;
         };
-        let groups: Vec<String> = self.groups.iter().map(str::to_owned).collect();
+        let groups: Vec<String> = self
+            .groups
+            .iter()
+            .map(str::to_owned)
+            .chain(self.static_kinds.iter().map(|k| k.0.clone()))
+            .filter(|g| !g.is_empty())
+            .collect();
         let live = match live_kinds(&self.ctx, &groups).await {
             Ok(l) => l,
             Err(e) => {
@@ -259,7 +278,26 @@ impl Manager {
             .filter(|r| r.watch.namespaced && !self.namespaces.is_all())
             .map(|r| (r.watch.route.group.clone(), r.watch.route.plural.clone()))
             .collect();
-        for (kind, has_cluster_scoped_rows) in live {
+        for LiveKind {
+            kind,
+            has_cluster_scoped_rows,
+            api_version,
+        } in live
+        {
+            if self.static_kinds.contains(&kind) {
+                // A static route of a custom resource whose CRD went while the ingester was
+                // not watching: its watch only sees 404s, its rows would stay live.
+                if !self.crd_kinds.contains(&kind)
+                    && not_served(&self.ctx.client, &kind, &api_version).await
+                {
+                    info!(group = %kind.0, plural = %kind.1, "a static route's kind is served no more (its CRD is gone): marking its objects deleted");
+                    self.sweep_kind(&kind, None, list_rv).await;
+                }
+                continue;
+            }
+            if !self.groups.iter().any(|g| g == kind.0) {
+                continue;
+            }
             if !watched.contains(&kind) {
                 info!(group = %kind.0, plural = %kind.1, "no CRD serves this kind: marking its objects deleted");
                 self.sweep_kind(&kind, None, list_rv).await;
@@ -272,13 +310,22 @@ impl Manager {
     }
 }
 
-/// Kinds of the managed groups with live rows, and whether some of those rows are
-/// cluster-scoped (no namespace).
-async fn live_kinds(ctx: &WatchContext, groups: &[String]) -> Result<Vec<(Kind, bool)>, String> {
+/// A kind with live rows.
+struct LiveKind {
+    kind: Kind,
+    /// Some of its rows have no namespace.
+    has_cluster_scoped_rows: bool,
+    /// The API version of one of its rows.
+    api_version: String,
+}
+
+/// Kinds of `groups` with live rows.
+async fn live_kinds(ctx: &WatchContext, groups: &[String]) -> Result<Vec<LiveKind>, String> {
     let client = ctx.db.pool.get().await.map_err(|e| e.to_string())?;
     let rows = client
         .query(
-            "SELECT resource_group, resource_plural, bool_or(namespace = '') FROM krateo_resources
+            "SELECT resource_group, resource_plural, bool_or(namespace = ''), min(resource_version)
+               FROM krateo_resources
               WHERE cluster_name = $1 AND deleted_at IS NULL AND resource_group = ANY($2)
                 AND resource_plural IS NOT NULL
               GROUP BY resource_group, resource_plural",
@@ -289,9 +336,24 @@ async fn live_kinds(ctx: &WatchContext, groups: &[String]) -> Result<Vec<(Kind, 
     Ok(rows
         .iter()
         .filter_map(|r| {
-            let kind = (r.try_get(0).ok()?, r.try_get(1).ok()?);
-            let cluster_scoped: Option<bool> = r.try_get(2).ok()?;
-            Some((kind, cluster_scoped.unwrap_or(false)))
+            Some(LiveKind {
+                kind: (r.try_get(0).ok()?, r.try_get(1).ok()?),
+                has_cluster_scoped_rows: r.try_get::<_, Option<bool>>(2).ok()?.unwrap_or(false),
+                api_version: r.try_get::<_, Option<String>>(3).ok()?.unwrap_or_default(),
+            })
         })
         .collect())
+}
+
+/// The server's discovery says it does not serve `kind` at `version` (its group version is
+/// unknown, or lists no such resource). Any other answer (403, 500, no answer) is not proof.
+async fn not_served(client: &kube::Client, kind: &Kind, version: &str) -> bool {
+    match client
+        .list_api_group_resources(&format!("{}/{version}", kind.0))
+        .await
+    {
+        Ok(list) => !list.resources.iter().any(|r| r.name == kind.1),
+        Err(kube::Error::Api(s)) => s.code == 404,
+        Err(_) => false,
+    }
 }
