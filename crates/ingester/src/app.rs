@@ -140,10 +140,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let client = crate::apiclient::build(kube_config, metrics.clone(), config.api_compression)?;
     // Before the Lease, retiring and any watch: a name another cluster owns writes nothing.
     let claim = claim_cluster_name(&db, &cluster, &config, &client);
-    if unless_stopped(&stop, claim).await?.is_none() {
+    let Some(identity) = unless_stopped(&stop, claim).await? else {
         servers.cancel();
         return Ok(());
-    }
+    };
 
     let lease_lost = CancellationToken::new();
     let leadership = if config.leader_election {
@@ -179,6 +179,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             )
             .await;
         }
+        adopt_identity(&db, &cluster, &identity).await?;
         retire_uncovered_rows(&db, &cluster, &config, &routes, &groups, &metrics).await
     };
     let prepared = tokio::select! {
@@ -546,7 +547,7 @@ async fn claim_cluster_name(
     cluster: &str,
     config: &Config,
     client: &kube::Client,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<crate::cluster::ClusterIdentity> {
     let identity = crate::cluster::identify(config.cluster_id.as_deref(), client).await?;
     let conn = db
         .pool
@@ -560,6 +561,35 @@ async fn claim_cluster_name(
         claimed_now: outcome == crate::storage::clusters::Ownership::Free,
     }
     .emit();
+    Ok(identity)
+}
+
+/// The resume points and rows of the name come from the cluster identity that runs now;
+/// after the name was moved to a rebuilt cluster, they are made to compare with nothing
+/// (see `resume::adopt_identity`): every watch lists, and each list's sweep marks deleted
+/// the rows of the old cluster's objects.
+async fn adopt_identity(
+    db: &Database,
+    cluster: &str,
+    identity: &crate::cluster::ClusterIdentity,
+) -> anyhow::Result<()> {
+    use crate::storage::resume::{adopt_identity, Adopted};
+    match adopt_identity(&db.pool, cluster, &identity.id)
+        .await
+        .map_err(|e| anyhow::anyhow!("recording the cluster identity of the resume points: {e}"))?
+    {
+        Adopted::Same => {}
+        Adopted::Changed {
+            previous,
+            rows_cleared,
+        } => warn!(
+            cluster = %cluster,
+            previous_identity = %previous,
+            identity = %identity,
+            rows_cleared,
+            "the cluster name moved to another cluster identity: its resume points are dropped and its rows' resourceVersions cleared; every watch lists, and the lists mark deleted the rows of objects this cluster does not have"
+        ),
+    }
     Ok(())
 }
 

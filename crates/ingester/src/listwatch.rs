@@ -59,6 +59,14 @@ pub enum Step {
         from: i64,
         current: Option<i64>,
     },
+    /// The collection's current resourceVersion is below `newest`, the newest one the table
+    /// or the resume point holds for the scope: the server's history is not the one they
+    /// come from (an etcd restore, a cluster rebuilt). The loop lists (consistently) next;
+    /// no resourceVersion stored before compares with the server's any more.
+    HistoryBehind {
+        newest: i64,
+        current: i64,
+    },
     Applied(RawObject),
     Deleted(RawObject),
     /// The server has sent every change up to this resourceVersion (a bookmark).
@@ -132,6 +140,13 @@ pub enum Start {
     List,
     /// Watch from a stored resume point; a 410 falls back to a list.
     Resume(i64),
+    /// First read the collection's current resourceVersion: below `newest` (the newest
+    /// resourceVersion stored for the scope) it says `Step::HistoryBehind` and lists
+    /// consistently; else it watches from `resume` when set (as `Resume`), or lists.
+    Checked {
+        resume: Option<i64>,
+        newest: i64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -148,9 +163,11 @@ pub struct Settings {
 }
 
 enum State {
-    /// Ask for the collection's current resourceVersion, then watch from `from`.
+    /// Ask for the collection's current resourceVersion; unless it is below `newest`, watch
+    /// from `from` (or list when there is none).
     Resume {
-        from: i64,
+        from: Option<i64>,
+        newest: i64,
     },
     /// Start a list. `consistent`: a streaming list from the current state (after 410, or
     /// when a list broke); else from whatever state the watch cache has (`resourceVersion=0`:
@@ -200,7 +217,14 @@ pub fn list_watch(
 ) -> BoxStream<'static, Step> {
     let state = match start {
         Start::List => State::List { consistent: false },
-        Start::Resume(from) => State::Resume { from },
+        Start::Resume(from) => State::Resume {
+            from: Some(from),
+            newest: from,
+        },
+        Start::Checked { resume, newest } => State::Resume {
+            from: resume,
+            newest: newest.max(resume.unwrap_or(newest)),
+        },
     };
     let machine = Machine {
         api,
@@ -272,7 +296,7 @@ impl Machine {
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
                 (None, *next)
             }
-            State::Resume { from } => self.resume(from).await,
+            State::Resume { from, newest } => self.resume(from, newest).await,
             State::List { consistent } => self.start_list(consistent).await,
             State::Paging {
                 items,
@@ -299,14 +323,25 @@ impl Machine {
     }
 
     /// Watch on from a stored resume point, after reading where the collection is now: the
-    /// backlog the watch replays ends there (readiness waits for it).
-    async fn resume(&mut self, from: i64) -> (Option<Step>, State) {
+    /// backlog the watch replays ends there (readiness waits for it). That read is
+    /// consistent (no resourceVersion): within one history no stored resourceVersion can be
+    /// above it, so one that is proves the server's history is another (`HistoryBehind`).
+    async fn resume(&mut self, from: Option<i64>, newest: i64) -> (Option<Step>, State) {
         let current = match self.api.list(&ListParams::default().limit(1)).await {
             Ok(list) => list.metadata.resource_version.as_deref().and_then(parse_rv),
             Err(e) => {
                 let reason = FailureReason::of_error(&e);
-                return self.fail(reason, e.to_string(), State::Resume { from });
+                return self.fail(reason, e.to_string(), State::Resume { from, newest });
             }
+        };
+        if let Some(current) = current.filter(|c| *c < newest) {
+            return (
+                Some(Step::HistoryBehind { newest, current }),
+                State::List { consistent: true },
+            );
+        }
+        let Some(from) = from else {
+            return (None, State::List { consistent: false });
         };
         self.catch_up_to = current.filter(|c| *c > from);
         match self.start_watch(&from.to_string(), false).await {
@@ -322,7 +357,13 @@ impl Machine {
                 self.fail(
                     reason,
                     e.to_string(),
-                    unless_expired(reason, State::Resume { from }),
+                    unless_expired(
+                        reason,
+                        State::Resume {
+                            from: Some(from),
+                            newest,
+                        },
+                    ),
                 )
             }
         }
@@ -367,14 +408,17 @@ impl Machine {
             ..ListParams::default()
         };
         match self.api.list(&params).await {
-            Ok(page) => (
-                None,
-                State::Paging {
-                    items: page.items.into(),
-                    continue_token: page.metadata.continue_.filter(|c| !c.is_empty()),
-                    resource_version,
-                },
-            ),
+            Ok(page) => {
+                self.take_served_kind(&page);
+                (
+                    None,
+                    State::Paging {
+                        items: page.items.into(),
+                        continue_token: page.metadata.continue_.filter(|c| !c.is_empty()),
+                        resource_version,
+                    },
+                )
+            }
             Err(e) => {
                 let reason = FailureReason::of_error(&e);
                 self.fail(reason, e.to_string(), State::List { consistent: true })
@@ -488,6 +532,31 @@ impl Machine {
         self.catch_up_to.take().map(Step::Progress)
     }
 
+    /// Takes the items' kind from the list's (`SecretList`: `Secret`), as the server spells
+    /// it: the items of a real server's list come without one, and field policies (Secret
+    /// redaction) match the served kind, not the routes file's spelling.
+    fn take_served_kind(&mut self, page: &kube::core::ObjectList<RawObject>) {
+        if let Some(kind) = page
+            .types
+            .kind
+            .strip_suffix("List")
+            .filter(|k| !k.is_empty())
+        {
+            if self.settings.type_meta.1 != kind {
+                self.settings.type_meta.1 = kind.to_owned();
+            }
+        }
+    }
+
+    /// The first page's resourceVersion (the list's), when it has one; takes the served kind.
+    fn first_page_version(&mut self, page: &kube::core::ObjectList<RawObject>) -> Option<String> {
+        self.take_served_kind(page);
+        page.metadata
+            .resource_version
+            .clone()
+            .filter(|rv| !rv.is_empty())
+    }
+
     /// The server has shown every change up to `rv`: a resumed scope may be caught up.
     fn reached(&mut self, rv: Option<i64>) {
         if self
@@ -534,7 +603,7 @@ impl Machine {
             ..ListParams::default()
         };
         match self.api.list(&params).await {
-            Ok(page) => match page.metadata.resource_version.filter(|rv| !rv.is_empty()) {
+            Ok(page) => match self.first_page_version(&page) {
                 Some(resource_version) => (
                     Some(Step::ListStarted { permit }),
                     State::Paging {

@@ -208,7 +208,7 @@ pub async fn run_watch(
     };
 
     // CRD watches always list: the manager needs the full set of CRDs to start from.
-    let mut start = Start::List;
+    let mut resume_from = None;
     if watch.ctx.resume && watch.crd_events.is_none() {
         let stored = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -227,7 +227,7 @@ pub async fn run_watch(
                 watch.progress.committed = Some(rv);
                 watch.progress.queued = Some(rv);
                 watch.resuming_from = Some(rv);
-                start = Start::Resume(rv);
+                resume_from = Some(rv);
             }
             Ok(None) => {}
             Err(e) => {
@@ -235,6 +235,25 @@ pub async fn run_watch(
             }
         }
     }
+
+    // The newest resourceVersion the table holds for the scope: the server's history must
+    // have reached it (and the resume point), else it is another history (checked first).
+    let newest = tokio::select! {
+        _ = cancel.cancelled() => return,
+        n = ScopeSnapshot::newest_version(&watch.ctx.db.pool, &watch.scope) => n,
+    };
+    let newest = match newest {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(resource = %watch.label, error = %e, "cannot read the scope's newest resourceVersion; not checking the server's history against it");
+            None
+        }
+    };
+    let start = match (resume_from, newest) {
+        (None, None) => Start::List,
+        (resume, Some(newest)) => Start::Checked { resume, newest },
+        (Some(rv), None) => Start::Resume(rv),
+    };
 
     let settings = Settings {
         streaming: watch.ctx.streaming_lists,
@@ -313,6 +332,9 @@ impl Watch {
                 .emit(&self.ctx.metrics);
                 self.catching_up_to = Some(current.unwrap_or(from));
                 self.caught_up_at(from).await?;
+            }
+            Step::HistoryBehind { newest, current } => {
+                self.history_behind(newest, current, cancel).await
             }
             Step::Applied(obj) => self.forward(obj, EventKind::Apply, observed_at).await?,
             Step::Deleted(obj) => self.forward(obj, EventKind::Delete, observed_at).await?,
@@ -402,6 +424,54 @@ impl Watch {
         self.send_crd(CrdEvent::ListDone { resource_version }).await;
         self.mark_listed();
         Ok(())
+    }
+
+    /// The server's history is behind what the table holds for the scope (an etcd restore,
+    /// a cluster rebuilt under the name): the resume point is forgotten and the rows'
+    /// resourceVersions cleared before the list that follows, so the list rewrites every
+    /// object it has and its sweep marks deleted every row it lacks, whatever version the
+    /// other history gave it. Retried until done (or cancelled): a list before it would
+    /// spare the other history's rows.
+    async fn history_behind(&mut self, newest: i64, current: i64, cancel: &CancellationToken) {
+        warn!(
+            resource = %self.label,
+            newest_stored = newest,
+            server = current,
+            "the API server's resourceVersion is below the one stored for this scope: its history is not the one the rows and resume point come from (an etcd restore, or a cluster rebuilt under this name); relisting, and the rows it lacks are marked deleted whatever their resourceVersion"
+        );
+        if let Some(from) = self.resuming_from.take() {
+            WatchResumed {
+                resource: &self.label,
+                namespace: &self.namespace,
+                from,
+                outcome: "history_behind",
+            }
+            .emit(&self.ctx.metrics);
+        }
+        self.catching_up_to = None;
+        self.progress.committed = None;
+        self.progress.queued = None;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let cleared = async {
+                resume::forget(&self.ctx.db.pool, &self.ctx.cluster, &self.progress.key).await?;
+                ScopeSnapshot::forget_versions(&self.ctx.db.pool, &self.scope).await
+            };
+            match cleared.await {
+                Ok(rows) => {
+                    debug!(resource = %self.label, rows, "resourceVersions of the other history cleared");
+                    return;
+                }
+                Err(e) => {
+                    self.ctx.health.set_db(false, Some(&e));
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     fn failed(&mut self, f: Failure) {

@@ -51,6 +51,108 @@ pub async fn forget_kind(
         .map_err(|e| e.to_string())
 }
 
+/// Drops the resume point of one scope (its history is not the server's any more).
+pub async fn forget(pool: &Pool, cluster: &str, scope: &str) -> Result<u64, String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    client
+        .execute(
+            "DELETE FROM krateo_ingester_watch_state WHERE cluster_name = $1 AND scope = $2",
+            &[&cluster, &scope],
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The key under which the cluster identity the resume points and rows of a cluster name come
+/// from is recorded, next to the points (resource_version 0; never a scope key: those have
+/// four `/`-separated parts and no `:` in their group).
+pub fn identity_key(cluster_id: &str) -> String {
+    format!("{IDENTITY_PREFIX}{cluster_id}")
+}
+
+const IDENTITY_PREFIX: &str = "cluster-identity:";
+
+/// What [`adopt_identity`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Adopted {
+    /// The points and rows already come from this identity, or nothing recorded which one
+    /// (a first start, or one by a version that did not record it): recorded now.
+    Same,
+    /// They come from another identity (the name was moved to a rebuilt cluster): every
+    /// resume point of the name is dropped and the resourceVersions of its rows cleared.
+    Changed { previous: String, rows_cleared: u64 },
+}
+
+/// Run once at start-up by the replica that writes, before any watch. Another cluster's
+/// resourceVersions compare with nothing in this one: its resume points would resume watches
+/// in the wrong history and its rows' versions would make the sweep's guard spare them. So
+/// when the name's recorded identity changed, every resume point of the name goes (each
+/// watch lists) and every row's `object_resource_version` is cleared (each list rewrites what
+/// it has and its sweep marks the rest deleted), in one transaction with the new record.
+pub async fn adopt_identity(
+    pool: &Pool,
+    cluster: &str,
+    cluster_id: &str,
+) -> Result<Adopted, String> {
+    let mut client = pool.get().await.map_err(|e| e.to_string())?;
+    let tx = client.transaction().await.map_err(|e| e.to_string())?;
+    let ours = identity_key(cluster_id);
+    // Two replicas starting at once adopt in turn.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('krateo_ingester_watch_state'), hashtext($1))",
+        &[&cluster],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let recorded: Vec<String> = tx
+        .query(
+            "SELECT scope FROM krateo_ingester_watch_state WHERE cluster_name = $1 AND starts_with(scope, $2)",
+            &[&cluster, &IDENTITY_PREFIX],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter_map(|r| r.try_get::<_, Option<String>>(0).ok().flatten())
+        .collect();
+    let previous = recorded.iter().find(|k| **k != ours).cloned();
+    let adopted = match previous {
+        None if recorded.contains(&ours) => return Ok(Adopted::Same),
+        None => Adopted::Same,
+        Some(previous) => {
+            tx.execute(
+                "DELETE FROM krateo_ingester_watch_state WHERE cluster_name = $1",
+                &[&cluster],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let rows_cleared = tx
+                .execute(
+                    "UPDATE krateo_resources SET object_resource_version = NULL
+                      WHERE cluster_name = $1 AND object_resource_version IS NOT NULL",
+                    &[&cluster],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Adopted::Changed {
+                previous: previous
+                    .strip_prefix(IDENTITY_PREFIX)
+                    .unwrap_or(&previous)
+                    .to_owned(),
+                rows_cleared,
+            }
+        }
+    };
+    tx.execute(
+        "INSERT INTO krateo_ingester_watch_state (cluster_name, scope, resource_version) VALUES ($1, $2, 0)
+         ON CONFLICT (cluster_name, scope) DO NOTHING",
+        &[&cluster, &ours],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    Ok(adopted)
+}
+
 /// Stores `rv` unless a newer point is already stored (resourceVersions only grow).
 pub async fn save(pool: &Pool, cluster: &str, scope: &str, rv: i64) -> Result<(), String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;

@@ -87,6 +87,45 @@ impl ScopeSnapshot {
         Ok(row.is_some())
     }
 
+    /// The highest object resourceVersion among the scope's rows, live or deleted: within one
+    /// history the collection's current resourceVersion is never below it.
+    pub async fn newest_version(pool: &Pool, scope: &Scope) -> Result<Option<i64>, String> {
+        let client = pool.get().await.map_err(|e| e.to_string())?;
+        let row = client
+            .query_one(
+                "SELECT max(object_resource_version) FROM krateo_resources
+                  WHERE cluster_name = $1 AND resource_group = $2 AND resource_plural = $3
+                    AND ($4::text IS NULL OR namespace = $4)",
+                &[
+                    &scope.cluster,
+                    &scope.group,
+                    &scope.plural,
+                    &scope.namespace,
+                ],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(row.try_get::<_, Option<i64>>(0).ok().flatten())
+    }
+
+    /// The server's history is not the one the scope's rows come from: their resourceVersions
+    /// compare with nothing the server says any more. Cleared (live and deleted rows), they
+    /// let the next list rewrite every object it has (the upsert guard lets any state over a
+    /// row without one) and its sweep mark deleted every row it lacks (the tombstone guard
+    /// spares only rows newer than the list). Returns how many rows were cleared.
+    pub async fn forget_versions(pool: &Pool, scope: &Scope) -> Result<u64, String> {
+        let client = pool.get().await.map_err(|e| e.to_string())?;
+        client
+            .execute(
+                "UPDATE krateo_resources SET object_resource_version = NULL
+                  WHERE cluster_name = $1 AND resource_group = $2 AND resource_plural = $3
+                    AND ($4::text IS NULL OR namespace = $4) AND object_resource_version IS NOT NULL",
+                &[&scope.cluster, &scope.group, &scope.plural, &scope.namespace],
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Loads the live rows of a scope (streamed, so only the pairs are held).
     pub async fn load(pool: &Pool, scope: &Scope) -> Result<ScopeSnapshot, String> {
         let client = pool.get().await.map_err(|e| e.to_string())?;
