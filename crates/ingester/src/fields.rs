@@ -52,8 +52,10 @@ impl KindRef {
         }
     }
 
+    /// Kinds are matched without regard to case: a routes line `/v1/secrets/secret` names
+    /// the same kind as the server's `Secret`.
     fn matches(&self, group: &str, kind: &str) -> bool {
-        self.group == group && self.kind == kind
+        self.group == group && self.kind.eq_ignore_ascii_case(kind)
     }
 }
 

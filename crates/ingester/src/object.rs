@@ -27,6 +27,8 @@ pub struct RawObject {
     pub composition_label: Option<String>,
     /// `apiVersion` as served (differs from the route's when a CRD version is switched).
     pub api_version: Option<String>,
+    /// `kind` as served: what field policies match (a routes file may spell it otherwise).
+    pub kind: Option<String>,
     /// The full object as compact JSON.
     pub json: String,
     /// Byte range of the `.status` value inside `json`.
@@ -56,6 +58,7 @@ impl RawObject {
             deletion_timestamp: meta.deletion_timestamp.map(Cow::into_owned),
             composition_label: meta.labels.0,
             api_version: env.api_version.map(Cow::into_owned),
+            kind: env.kind.map(Cow::into_owned),
             status,
             json,
         })
@@ -158,6 +161,8 @@ impl Resource for RawObject {
 struct Envelope<'a> {
     #[serde(borrow, rename = "apiVersion", default)]
     api_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     metadata: SlimMeta<'a>,
     #[serde(borrow, default)]

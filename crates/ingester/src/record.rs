@@ -188,8 +188,10 @@ pub fn build_record_with(
         },
         None => obj,
     };
-    // Identity fields are never pruned, so only the text and the status range change.
-    if let Some(applied) = fields.apply(&route.group, &route.kind, &obj.json) {
+    // Identity fields are never pruned, so only the text and the status range change. The
+    // policy follows the kind the server says the object is, whatever the routes file says.
+    let served_kind = obj.kind.as_deref().unwrap_or(&route.kind);
+    if let Some(applied) = fields.apply(&route.group, served_kind, &obj.json) {
         if applied.redacted > 0 {
             notices.push(Notice::FieldsRedacted(applied.redacted));
         }

@@ -266,3 +266,46 @@ fn gen_rbac_warns_when_the_routes_include_secrets() -> anyhow::Result<()> {
     assert!(!String::from_utf8_lossy(&without.stderr).contains("Secrets"));
     Ok(())
 }
+
+/// A routes file that spells the Secret kind otherwise (`secret`, `Secrets`): the policy
+/// follows the kind the server says its objects are, for watch events, streaming lists and
+/// paged lists (whose items come without a kind on a real server), so no spelling stores a
+/// Secret in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_spelling_of_the_secret_kind_in_the_routes_file_stores_a_value() -> anyhow::Result<()> {
+    for (line, streaming) in [
+        ("/v1/secrets/secret", "true"),
+        ("/v1/secrets/Secrets", "false"),
+    ] {
+        let h = Harness::new().await?;
+        let store = h.store();
+        store.create(namespace("team-a"))?;
+        let listed = uid(&store.create(secret("team-a", "listed"))?);
+        let path = h.dir.path().join("routes");
+        std::fs::write(&path, format!("{line}\n/v1/pods/Pod\n"))?;
+        let routes = path.display().to_string();
+        let ing = h
+            .start_ready(&[
+                ("STATIC_ROUTES_FILE", &routes),
+                ("STREAMING_LISTS", streaming),
+            ])
+            .await?;
+        let watched = uid(&store.create(secret("team-a", "watched"))?);
+        for (u, what) in [(&listed, "listed"), (&watched, "watched")] {
+            let raw = h
+                .wait_row(u, &format!("{line}: the {what} secret"), |_, d| !d)
+                .await?;
+            assert_eq!(raw["data"]["password"], REDACTED, "{line}, {what}");
+            assert_eq!(raw["stringData"]["token"], REDACTED, "{line}, {what}");
+        }
+        for needle in [PASSWORD_B64, TOKEN] {
+            assert_eq!(
+                rows_containing(&h, needle).await?,
+                0,
+                "{line}: {needle} stored"
+            );
+            assert!(!ing.log().contains(needle), "{line}: {needle} logged");
+        }
+    }
+    Ok(())
+}
