@@ -412,14 +412,26 @@ async fn a_resumed_watch_is_ready_only_after_its_backlog_is_committed() -> anyho
     Ok(())
 }
 
+/// How often the tests below read the table for a live object marked deleted: often enough to
+/// see a wrong tombstone in the moment before the watch's events repair it.
+const MONITOR_EVERY: Duration = Duration::from_millis(20);
+
 /// A list answered from a lagging watch cache (`resourceVersion=0`, as a real API server
 /// replica may serve it) lacks the newest objects; their rows, written from newer states,
 /// must survive its sweep. They used to be tombstoned, and the watch's ADDED events at the
-/// same version were then refused: live objects stayed marked deleted.
+/// same version were then refused: live objects stayed marked deleted. Since a row revived by
+/// a later event at the same version ends right, the end state proves nothing: the monitor
+/// fails the test if any live pod's row is marked deleted at any moment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_from_a_lagging_watch_cache_never_tombstones_newer_rows() -> anyhow::Result<()> {
     let h = Harness::new().await?;
     let store = h.store();
+    let monitor = testkit::converge::LiveObjectMonitor::start(
+        store.clone(),
+        h.db.client().await?,
+        CLUSTER,
+        MONITOR_EVERY,
+    );
     store.create(namespace("a"))?;
     let routes = pods_only(&h)?;
     let env = [
@@ -452,16 +464,25 @@ async fn a_list_from_a_lagging_watch_cache_never_tombstones_newer_rows() -> anyh
             ing.log()
         );
     }
+    monitor.assert_clean().await?;
     Ok(())
 }
 
 /// A CRD missing from a stale CRD list (a lagging cache) used to make the manager sweep all its
 /// custom resources, and the restarted watch resumed from its stored point without listing, so
-/// the rows stayed deleted. The sweep now spares rows newer than the list.
+/// the rows stayed deleted. The sweep now spares rows newer than the list. The monitor fails
+/// the test if the custom resource's row is marked deleted at any moment, even if a later
+/// list or event revives it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crd_missing_from_a_stale_crd_list_does_not_delete_its_resources() -> anyhow::Result<()> {
     let h = Harness::new().await?;
     let store = h.store();
+    let monitor = testkit::converge::LiveObjectMonitor::start(
+        store.clone(),
+        h.db.client().await?,
+        CLUSTER,
+        MONITOR_EVERY,
+    );
     store.create(namespace("a"))?;
     let mut ing = h.start_ready(&[]).await?;
     store.create(crd_json(
@@ -486,6 +507,7 @@ async fn a_crd_missing_from_a_stale_crd_list_does_not_delete_its_resources() -> 
         "live custom resource marked deleted: {}",
         ing.log()
     );
+    monitor.assert_clean().await?;
     Ok(())
 }
 

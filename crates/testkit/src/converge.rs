@@ -3,7 +3,9 @@
 //! other row of the cluster must have `deleted_at` (rows of scopes nobody watches included,
 //! when asked). Reusable by the benchmark and the randomized run: [`check`] for one verdict,
 //! [`wait_converged`] to poll with a deadline, [`RegressionMonitor`] to sample the table for a
-//! row going back to an older state while faults happen.
+//! row going back to an older state while faults happen, [`LiveObjectMonitor`] to sample it for
+//! a live object's row marked deleted at any moment (a wrong tombstone a later list repairs
+//! leaves no trace in the end state).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -478,6 +480,133 @@ impl RegressionMonitor {
     }
 }
 
+/// Samples the table while a test runs (every `every`; 20-50 ms catches a tombstone that a
+/// watch event repairs a moment later) and records every row marked deleted whose object is
+/// live in kube-sim at that moment: a wrong sweep or tombstone, even one a later list or event
+/// repairs. One sample reads the deleted rows first and the store after: an object the store
+/// still has after the row was read deleted was live when it was read (a uid never comes
+/// back), so an object deleted meanwhile is never reported. Every row of `cluster` is looked
+/// at, whatever its kind: use it only where no object is meant to lose its row while it exists
+/// (a CRD that stops serving a version, a namespace or route no longer watched, a scope another
+/// instance retires do that by design). Stop it with [`LiveObjectMonitor::finish`].
+pub struct LiveObjectMonitor {
+    shared: Arc<Mutex<LiveSampled>>,
+    stop: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct LiveSampled {
+    samples: u64,
+    violations: Vec<String>,
+    /// uids already reported: one violation per object, not one per sample.
+    reported: HashSet<String>,
+}
+
+impl LiveSampled {
+    /// Folds one sample in: `deleted` rows (uid, description) against the uids live in the
+    /// store, read after them.
+    fn observe(&mut self, deleted: Vec<(String, String)>, live: &HashSet<String>) {
+        for (uid, what) in deleted {
+            if live.contains(&uid) && self.reported.insert(uid) {
+                self.violations
+                    .push(format!("{what} marked deleted while the object is live"));
+            }
+        }
+        self.samples += 1;
+    }
+}
+
+impl LiveObjectMonitor {
+    pub fn start(store: Store, db: Client, cluster: &str, every: Duration) -> LiveObjectMonitor {
+        let shared = Arc::new(Mutex::new(LiveSampled::default()));
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let (shared2, stop2, cluster) = (shared.clone(), stop.clone(), cluster.to_owned());
+        let task = tokio::spawn(async move {
+            loop {
+                // The table may not exist yet, or the query may fail: sample again later.
+                if let Ok(rows) = db
+                    .query(
+                        "SELECT uid, resource_kind, namespace, resource_name,
+                                object_resource_version, deleted_at::text
+                           FROM krateo_resources
+                          WHERE cluster_name = $1 AND deleted_at IS NOT NULL",
+                        &[&cluster],
+                    )
+                    .await
+                {
+                    let deleted: Vec<(String, String)> = rows
+                        .iter()
+                        .filter_map(|r| {
+                            let uid: String = r.try_get(0).ok()?;
+                            let s = |i| r.try_get::<_, Option<String>>(i).ok().flatten();
+                            let ns = s(2).unwrap_or_default();
+                            let what = format!(
+                                "{} {}{}{} ({uid}) row rv {} at {}",
+                                s(1).unwrap_or_default(),
+                                ns,
+                                if ns.is_empty() { "" } else { "/" },
+                                s(3).unwrap_or_default(),
+                                r.try_get::<_, Option<i64>>(4)
+                                    .ok()
+                                    .flatten()
+                                    .map_or("?".to_owned(), |v| v.to_string()),
+                                s(5).unwrap_or_default(),
+                            );
+                            Some((uid, what))
+                        })
+                        .collect();
+                    // Read after the rows: see the type's comment.
+                    let live: HashSet<String> =
+                        store.list_all().iter().filter_map(uid_of).collect();
+                    let Ok(mut s) = shared2.lock() else { return };
+                    s.observe(deleted, &live);
+                }
+                if tokio::time::timeout(every, stop2.notified()).await.is_ok() {
+                    return;
+                }
+            }
+        });
+        LiveObjectMonitor { shared, stop, task }
+    }
+
+    /// Violations so far (the monitor keeps sampling).
+    pub fn violations(&self) -> Vec<String> {
+        self.shared
+            .lock()
+            .map(|s| s.violations.clone())
+            .unwrap_or_default()
+    }
+
+    /// Samples taken so far.
+    pub fn samples(&self) -> u64 {
+        self.shared.lock().map(|s| s.samples).unwrap_or_default()
+    }
+
+    /// Stops sampling; returns (samples taken, violations).
+    pub async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.notify_one();
+        let LiveObjectMonitor { shared, task, .. } = self;
+        let _ = task.await;
+        shared
+            .lock()
+            .map(|s| (s.samples, s.violations.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Stops sampling and fails with every violation, or when it never sampled.
+    pub async fn assert_clean(self) -> anyhow::Result<u64> {
+        let (samples, violations) = self.finish().await;
+        anyhow::ensure!(
+            violations.is_empty(),
+            "live objects marked deleted while the test ran ({samples} samples):\n  {}",
+            violations.join("\n  ")
+        );
+        anyhow::ensure!(samples > 0, "the monitor never read the table");
+        Ok(samples)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,6 +626,27 @@ mod tests {
         assert_eq!(s.violations.len(), 1);
         s.observe("c:a".into(), 5);
         assert_eq!(s.violations.len(), 2);
+    }
+
+    #[test]
+    fn a_deleted_row_of_a_live_object_is_reported_once() {
+        let mut s = LiveSampled::default();
+        let live: HashSet<String> = ["a".to_owned(), "b".to_owned()].into();
+        let row = |uid: &str| (uid.to_owned(), format!("Pod ns/{uid} ({uid})"));
+        // A deleted row whose object is gone is right.
+        s.observe(vec![row("gone")], &live);
+        assert!(s.violations.is_empty());
+        s.observe(vec![row("a"), row("gone")], &live);
+        assert_eq!(
+            s.violations,
+            vec!["Pod ns/a (a) marked deleted while the object is live"]
+        );
+        // Still deleted in the next sample: one finding.
+        s.observe(vec![row("a"), row("b")], &live);
+        assert_eq!(s.violations.len(), 2);
+        s.observe(vec![row("a"), row("b")], &live);
+        assert_eq!(s.violations.len(), 2);
+        assert_eq!(s.samples, 4);
     }
 
     #[test]
