@@ -107,8 +107,43 @@ async fn assert_converged(
     }
 }
 
-async fn metric(p: &IngesterProcess, series: &str) -> f64 {
-    p.metric(series).await.unwrap_or(0.0)
+/// The value of `series` on the process's `/metrics`. An endpoint that does not answer is an
+/// error, and so is a series it does not show (a renamed metric, a registry that lost it):
+/// "the standby wrote nothing" must not pass because nothing could be read. The one exception
+/// is a labelled series (`name{...}`) of a family the endpoint declares (`# TYPE`): such a
+/// series appears only once counted, so it is 0.
+async fn metric(p: &IngesterProcess, series: &str) -> anyhow::Result<f64> {
+    let text = p
+        .metrics()
+        .await
+        .map_err(|e| anyhow::anyhow!("/metrics of ingester {} unreachable: {e}", p.pid()))?;
+    if let Some(v) = testkit::process::metric_value(&text, series) {
+        return Ok(v);
+    }
+    if let Some((name, _)) = series.split_once('{') {
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        let declared = text.lines().any(|l| {
+            l.strip_prefix("# TYPE ")
+                .and_then(|t| t.split_whitespace().next())
+                .is_some_and(|t| t == family || t == name)
+        });
+        if declared {
+            return Ok(0.0);
+        }
+    }
+    anyhow::bail!(
+        "{series} missing from /metrics of ingester {} (declared: {})",
+        p.pid(),
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// [`metric`] inside [`testkit::eventually`]: an error is reported as the last observation.
+async fn metric_now(p: &IngesterProcess, series: &str) -> Result<f64, String> {
+    metric(p, series).await.map_err(|e| format!("{e:#}"))
 }
 
 async fn sleep_ms(ms: u64) {
@@ -178,8 +213,8 @@ async fn compacted_history_forces_relists_that_find_the_deletes_in_between() -> 
             "pod {u} deleted while the watch was down has deleted_at"
         );
     }
-    let expired = metric(&ing, "ingester_relists_total{reason=\"expired\"}").await;
-    let swept = metric(&ing, "ingester_sweep_deletes_total").await;
+    let expired = metric(&ing, "ingester_relists_total{reason=\"expired\"}").await?;
+    let swept = metric(&ing, "ingester_sweep_deletes_total").await?;
     eprintln!("relists after 410: {expired}, deletes found by sweeps: {swept}");
     assert!(expired >= 1.0, "a 410 Gone led to a relist");
     assert!(swept >= 1.0, "the relist sweep found deletes");
@@ -251,9 +286,9 @@ async fn deletes_while_stopped_are_found_and_unchanged_objects_are_not_rewritten
         .start_ready(&[("WATCH_RESUME", "false"), ("STREAMING_LISTS", "false")])
         .await?;
     assert_converged(&h, &[&ing]).await?;
-    let written = metric(&ing, "ingester_rows_written_total").await;
-    let skipped = metric(&ing, "ingester_rows_unchanged_skipped_total").await;
-    let swept = metric(&ing, "ingester_sweep_deletes_total").await;
+    let written = metric(&ing, "ingester_rows_written_total").await?;
+    let skipped = metric(&ing, "ingester_rows_unchanged_skipped_total").await?;
+    let swept = metric(&ing, "ingester_sweep_deletes_total").await?;
     eprintln!(
         "restart after changes: rows written {written}, unchanged skipped {skipped}, swept {swept}"
     );
@@ -302,7 +337,7 @@ async fn deletes_while_stopped_are_found_and_unchanged_objects_are_not_rewritten
     // send to the lanes (a changed one would not count here and this would time out).
     let objects = verdict.objects as f64;
     let skipped = testkit::eventually("every listed object seen unchanged", WAIT, || async {
-        let s = metric(&ing, "ingester_rows_unchanged_skipped_total").await;
+        let s = metric_now(&ing, "ingester_rows_unchanged_skipped_total").await?;
         if s >= objects {
             Ok(Some(s))
         } else {
@@ -310,7 +345,7 @@ async fn deletes_while_stopped_are_found_and_unchanged_objects_are_not_rewritten
         }
     })
     .await?;
-    let written = metric(&ing, "ingester_rows_written_total").await;
+    let written = metric(&ing, "ingester_rows_written_total").await?;
     eprintln!(
         "restart over an unchanged cluster: rows written {written}, unchanged skipped {skipped}"
     );
@@ -396,7 +431,7 @@ async fn postgres_stopped_for_10s_and_restarted_mid_stream() -> anyhow::Result<(
         eprintln!("ingester log:\n{}", ing.log());
     }
     eprintln!("verdict: {}", v?);
-    let failures = metric(&ing, "ingester_write_failures_total").await;
+    let failures = metric(&ing, "ingester_write_failures_total").await?;
     eprintln!("write failures (retried): {failures}");
     drop(h);
     drop(pg);
@@ -466,7 +501,7 @@ async fn api_errors_500_on_lists_and_watches_are_retried() -> anyhow::Result<()>
     let report = churn.stop().await;
     eprintln!("churn: {report:?}");
     assert_converged(&h, &[&ing]).await?;
-    let failed = metric(&ing, "ingester_relists_total{reason=\"api_error\"}").await;
+    let failed = metric(&ing, "ingester_relists_total{reason=\"api_error\"}").await?;
     eprintln!("relists after an API error: {failed}");
     assert!(
         failed >= 1.0,
@@ -504,8 +539,8 @@ async fn two_replicas_writing_at_once_never_corrupt_a_row() -> anyhow::Result<()
         violations.is_empty(),
         "rows went back in time: {violations:?}"
     );
-    assert!(metric(&a, "ingester_rows_written_total").await > 0.0);
-    assert!(metric(&b, "ingester_rows_written_total").await > 0.0);
+    assert!(metric(&a, "ingester_rows_written_total").await? > 0.0);
+    assert!(metric(&b, "ingester_rows_written_total").await? > 0.0);
     Ok(())
 }
 
@@ -522,7 +557,7 @@ async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() 
         .await?;
     // Wait until a holds the lease before starting b, so the roles are known.
     testkit::eventually("replica-a leads", WAIT, || async {
-        Ok((metric(&a, "ingester_leader").await == 1.0).then_some(()))
+        Ok((metric_now(&a, "ingester_leader").await? == 1.0).then_some(()))
     })
     .await?;
     let b = h
@@ -534,17 +569,17 @@ async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() 
     // moving target: rows newer than the snapshot it took look stale); convergence is checked
     // once the churn stops, below. Here: the leader writes the churn, the standby nothing.
     testkit::eventually("the leader writes the churn", WAIT, || async {
-        Ok((metric(&a, "workerpool_events_processed_total").await > 100.0).then_some(()))
+        Ok((metric_now(&a, "workerpool_events_processed_total").await? > 100.0).then_some(()))
     })
     .await?;
-    assert_eq!(metric(&b, "ingester_leader").await, 0.0, "b is standby");
+    assert_eq!(metric(&b, "ingester_leader").await?, 0.0, "b is standby");
     assert_eq!(
-        metric(&b, "ingester_rows_written_total").await,
+        metric(&b, "ingester_rows_written_total").await?,
         0.0,
         "the standby writes nothing"
     );
     assert!(
-        metric(&a, "ingester_rows_written_total").await > 0.0,
+        metric(&a, "ingester_rows_written_total").await? > 0.0,
         "the leader writes"
     );
     assert_eq!(lease_holder(&store), "replica-a");
@@ -553,7 +588,7 @@ async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() 
     let st = a.terminate(WAIT).await?;
     assert!(st.success(), "the leader exits 0 on SIGTERM: {st}");
     testkit::eventually("replica-b takes over", Duration::from_secs(10), || async {
-        Ok((metric(&b, "ingester_leader").await == 1.0).then_some(()))
+        Ok((metric_now(&b, "ingester_leader").await? == 1.0).then_some(()))
     })
     .await?;
     let takeover = t.elapsed();
@@ -567,7 +602,7 @@ async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() 
     eprintln!("churn: {report:?}");
     assert_converged(&h, &[&b]).await?;
     assert!(
-        metric(&b, "ingester_rows_written_total").await > 0.0,
+        metric(&b, "ingester_rows_written_total").await? > 0.0,
         "the new leader writes"
     );
     assert_eq!(lease_holder(&store), "replica-b");
@@ -580,7 +615,7 @@ async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() 
         Ok(c.log().contains("waiting for the lease").then_some(()))
     })
     .await?;
-    assert_eq!(metric(&c, "ingester_leader").await, 0.0, "c is standby");
+    assert_eq!(metric(&c, "ingester_leader").await?, 0.0, "c is standby");
     let st = c.terminate(WAIT).await?;
     assert!(st.success(), "a standby exits 0 on SIGTERM: {st}");
     assert!(
@@ -588,7 +623,7 @@ async fn leader_election_keeps_one_writer_and_a_standby_takes_over_on_sigterm() 
         "log:\n{}",
         c.log()
     );
-    assert_eq!(metric(&b, "ingester_leader").await, 1.0, "b still leads");
+    assert_eq!(metric(&b, "ingester_leader").await?, 1.0, "b still leads");
     assert_eq!(lease_holder(&store), "replica-b");
     Ok(())
 }
@@ -693,7 +728,7 @@ async fn a_leader_that_cannot_renew_steps_down_and_the_standby_takes_over() -> a
         .start_ready(&leader_env("replica-a", LEASE_DURATION))
         .await?;
     testkit::eventually("replica-a leads", WAIT, || async {
-        Ok((metric(&a, "ingester_leader").await == 1.0).then_some(()))
+        Ok((metric_now(&a, "ingester_leader").await? == 1.0).then_some(()))
     })
     .await?;
     let b = h
@@ -715,7 +750,7 @@ async fn a_leader_that_cannot_renew_steps_down_and_the_standby_takes_over() -> a
     testkit::eventually(
         "replica-b takes over once the lease expires",
         Duration::from_secs(20),
-        || async { Ok((metric(&b, "ingester_leader").await == 1.0).then_some(())) },
+        || async { Ok((metric_now(&b, "ingester_leader").await? == 1.0).then_some(())) },
     )
     .await?;
     sleep_ms(1500).await;
@@ -790,14 +825,14 @@ async fn soak() -> anyhow::Result<()> {
                 "db_cut"
             }
             80..=89 => {
-                written_before_restarts += metric(&ing, "ingester_rows_written_total").await;
+                written_before_restarts += metric(&ing, "ingester_rows_written_total").await?;
                 ing.kill();
                 sleep_ms(rng.random_range(200..3000)).await;
                 ing = h.start_ready(&extra).await?;
                 "sigkill_restart"
             }
             _ => {
-                written_before_restarts += metric(&ing, "ingester_rows_written_total").await;
+                written_before_restarts += metric(&ing, "ingester_rows_written_total").await?;
                 let st = ing.terminate(WAIT).await?;
                 anyhow::ensure!(st.success(), "SIGTERM exit status {st}");
                 sleep_ms(rng.random_range(200..3000)).await;
@@ -812,7 +847,7 @@ async fn soak() -> anyhow::Result<()> {
     let verdict = assert_converged(&h, &[&ing]).await;
     let converge_time = t.elapsed();
     let (samples, violations) = monitor.finish().await;
-    let written = written_before_restarts + metric(&ing, "ingester_rows_written_total").await;
+    let written = written_before_restarts + metric(&ing, "ingester_rows_written_total").await?;
     let total_faults: u32 = faults.values().sum();
     eprintln!("SOAK seed={seed} seconds={secs} rate={rate}/s");
     eprintln!(
