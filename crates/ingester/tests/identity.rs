@@ -154,11 +154,11 @@ async fn a_rebuilt_cluster_takes_the_name_once_it_is_moved() -> anyhow::Result<(
         )
         .await?;
     assert_eq!(moved, 1);
-    // ISSUE 19 ITEM 2: from here on this fails on the code of commit cdf25b3 (the fix is under
-    // way in src/): the rebuilt cluster's watches resume from the old cluster's points, which
-    // are ahead of its resourceVersions, and declare themselves caught up, so the new pod never
-    // gets a row; with WATCH_RESUME=false its sweep spares the old rows whose resourceVersions
-    // are above its list's, so the old cluster's rows stay live next to the new ones.
+    // Issue 19 item 2 (fixed by 043c763): from here on this failed on the code before, e.g.
+    // cdf25b3. The rebuilt cluster's watches resumed from the old cluster's points, which are
+    // ahead of its resourceVersions, and declared themselves caught up, so the new pod never
+    // got a row; with WATCH_RESUME=false its sweep spared the old rows whose resourceVersions
+    // are above its list's, so the old cluster's rows stayed live next to the new ones.
     let pod = uid(&rebuilt.sim.store().create(pod("default", "new-life"))?);
     let new = h
         .start_ready(&[("KUBECONFIG", &rebuilt.kubeconfig)])
