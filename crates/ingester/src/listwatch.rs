@@ -27,6 +27,9 @@ const WATCH_TIMEOUT_SECS: u32 = 290;
 /// would keep readiness waiting for a minute after every restart. With this one the
 /// bookmark comes after about a second, and the short watches stop once caught up.
 const CATCH_UP_TIMEOUT_SECS: u32 = 3;
+/// A watch that ends sooner than this without an event is a failure (backoff), not a
+/// server timeout.
+const SHORT_WATCH: Duration = Duration::from_secs(1);
 /// How much earlier than its deadline, by our clock, the server may end a watch.
 const CLOCK_SLACK: Duration = Duration::from_millis(500);
 /// A watch that sends nothing (not even the end of the stream) this long after the server
@@ -207,6 +210,8 @@ struct Machine {
     /// `timeoutSeconds` of the watch in progress, and when it was asked for.
     watch_timeout: u32,
     watch_started: std::time::Instant,
+    /// The watch in progress has delivered an event (a bookmark counts).
+    watch_saw_event: bool,
 }
 
 /// The list-and-watch loop as a stream of steps (cancel-safe: drop it to stop).
@@ -233,6 +238,7 @@ pub fn list_watch(
         catch_up_to: None,
         watch_timeout: WATCH_TIMEOUT_SECS,
         watch_started: std::time::Instant::now(),
+        watch_saw_event: false,
     };
     futures::stream::unfold((machine, state), |(mut m, mut state)| async move {
         loop {
@@ -477,7 +483,11 @@ impl Machine {
         from: String,
         mut stream: ObjectStream,
     ) -> (Option<Step>, State) {
-        match self.next_event(&mut stream).await {
+        let event = self.next_event(&mut stream).await;
+        if matches!(event, Ok(Some(_))) {
+            self.watch_saw_event = true;
+        }
+        match event {
             Ok(Some(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
                 self.backoff = BACKOFF_MIN;
                 self.reached(o.resource_version_number());
@@ -509,9 +519,24 @@ impl Machine {
                 )
             }
             // The server ended the watch (its timeout): watch again from where it was.
-            Ok(None) => (self.ended_without_bookmark(), State::Watch { from }),
+            Ok(None) => self.watch_ended(from),
             Err((reason, message)) => self.fail(reason, message, State::Watch { from }),
         }
+    }
+
+    /// The server ended the watch: watch again from where it was. One that ended at once
+    /// without a single event (a server, or something in between, that will not hold a watch
+    /// open) is a failure and waits for the backoff, as client-go's reflector does, instead
+    /// of asking again in a tight loop.
+    fn watch_ended(&mut self, from: String) -> (Option<Step>, State) {
+        if !self.watch_saw_event && self.watch_started.elapsed() < SHORT_WATCH {
+            return self.fail(
+                FailureReason::Connection,
+                "the watch ended at once without an event".into(),
+                State::Watch { from },
+            );
+        }
+        (self.ended_without_bookmark(), State::Watch { from })
     }
 
     /// A catching-up watch the server ended at its deadline without a bookmark. A real API
@@ -636,6 +661,7 @@ impl Machine {
             WATCH_TIMEOUT_SECS
         };
         self.watch_started = std::time::Instant::now();
+        self.watch_saw_event = false;
         let params = WatchParams {
             timeout: Some(self.watch_timeout),
             bookmarks: true,

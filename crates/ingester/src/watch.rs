@@ -283,6 +283,13 @@ pub async fn run_watch(
             return;
         }
     }
+    // A checkpoint still in flight must not store its point after this watch has ended: the
+    // manager sweeps a stopped CRD's scopes and forgets their points right after, and a
+    // point stored later would make the next start resume instead of listing.
+    if let Some(in_flight) = watch.progress.in_flight.take() {
+        in_flight.abort();
+        let _ = in_flight.await;
+    }
     if watch.list.is_none() {
         final_checkpoint(&watch.ctx, &watch.progress).await;
     }

@@ -571,3 +571,40 @@ async fn falls_back_to_paged_lists_when_the_server_refuses_streaming_lists() -> 
         .await?;
     Ok(())
 }
+
+/// A server (or a proxy in between) that ends every watch at once without an event: the
+/// watch is asked for again after a backoff, as client-go's reflector does, not in a tight
+/// loop that floods the server; it is counted as a watch error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_that_end_at_once_are_retried_with_backoff() -> anyhow::Result<()> {
+    let h = Harness::new().await?;
+    let store = h.store();
+    let routes = h.dir.path().join("routes");
+    std::fs::write(&routes, "/v1/configmaps/ConfigMap\n")?;
+    let routes = routes.display().to_string();
+    let ing = h
+        .start_ready(&[
+            ("STATIC_ROUTES_FILE", routes.as_str()),
+            ("MANAGED_GROUPS_FILE", "/dev/null"),
+        ])
+        .await?;
+    store.set_watches_end_at_once(true);
+    let before = store.stats().watches_started;
+    h.sim.drop_watches();
+    testkit::eventually("three failed watches", WAIT, || async {
+        let errors = ing
+            .metric("ingester_watch_errors_total{resource=\"/v1/configmaps/ConfigMap\"}")
+            .await
+            .unwrap_or(0.0);
+        Ok((errors >= 3.0).then_some(()))
+    })
+    .await?;
+    let asked = store.stats().watches_started - before;
+    // 0.5 s, 1 s, 2 s of backoff: a handful of watches, not thousands.
+    assert!(asked <= 10, "{asked} watches asked for");
+    store.set_watches_end_at_once(false);
+    let cm = store.create(configmap("default", "after", json!({"k": "v"})))?;
+    h.wait_row(&uid(&cm), "a change after the fault", |_, d| !d)
+        .await?;
+    Ok(())
+}

@@ -285,6 +285,10 @@ async fn sim_inner(
             store.set_list_stall(ms("list-stall")?);
             faults_json(store)
         }
+        (&Method::POST, ["watches-end-at-once"]) => {
+            store.set_watches_end_at_once(sim_param(q, "on", "watches-end-at-once")?);
+            faults_json(store)
+        }
         (&Method::POST, ["stuck-watches"]) => {
             store.set_stuck_watches(sim_param(q, "on", "stuck-watches")?);
             faults_json(store)

@@ -46,6 +46,9 @@ pub struct FaultSet {
     /// Watches go silent (no events, no bookmarks, no close at timeoutSeconds) until the
     /// client gives up or the watches are dropped.
     pub stuck_watches: bool,
+    /// New watches end at once (200, no event): a server, or a proxy in between, that will
+    /// not hold a watch open.
+    pub watches_end_at_once: bool,
 }
 
 impl Default for FaultSet {
@@ -60,6 +63,7 @@ impl Default for FaultSet {
             bookmark_delay_ms: 0,
             list_stall_ms: 0,
             stuck_watches: false,
+            watches_end_at_once: false,
         }
     }
 }
@@ -74,6 +78,7 @@ pub(crate) struct ReadFaults {
     pub bookmark_delay: Duration,
     pub list_stall: Duration,
     pub stuck_watches: bool,
+    pub watches_end_at_once: bool,
 }
 
 impl ReadFaults {
@@ -86,6 +91,7 @@ impl ReadFaults {
             bookmark_delay: Duration::from_millis(f.bookmark_delay_ms),
             list_stall: Duration::from_millis(f.list_stall_ms),
             stuck_watches: f.stuck_watches,
+            watches_end_at_once: f.watches_end_at_once,
         }
     }
 

@@ -1343,6 +1343,7 @@ impl Store {
             bookmark_delay_ms: r.bookmark_delay.as_millis() as u64,
             list_stall_ms: r.list_stall.as_millis() as u64,
             stuck_watches: r.stuck_watches,
+            watches_end_at_once: r.watches_end_at_once,
         }
     }
 
@@ -1404,6 +1405,11 @@ impl Store {
     /// items of a whole list or of the initial events of a streaming list. Zero turns it off.
     pub fn set_list_stall(&self, stall: Duration) {
         self.change_read_faults(|r| r.list_stall = stall);
+    }
+
+    /// New watches end at once, without an event (open ones go on).
+    pub fn set_watches_end_at_once(&self, on: bool) {
+        self.change_read_faults(|r| r.watches_end_at_once = on);
     }
 
     /// Open and new watches go silent: no events, no bookmarks, no close at timeoutSeconds,

@@ -252,6 +252,9 @@ struct WatchTask {
 
 impl WatchTask {
     async fn run(mut self, start: Start) {
+        if self.faults.watches_end_at_once {
+            return;
+        }
         if self.faults.stuck_watches {
             closed(&self.tx, &mut self.drop_rx, &self.shutdown).await;
             return;
