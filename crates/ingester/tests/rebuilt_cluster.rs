@@ -13,6 +13,7 @@ use common::real::RealHarness;
 use common::*;
 use kube_sim::{KubeSim, SimConfig, Store};
 use serde_json::{json, Value};
+use testkit::pg::TestDb;
 
 const NS: &str = "apps";
 
@@ -50,8 +51,8 @@ fn objects(store: &Store) -> BTreeMap<String, String> {
 }
 
 /// uid -> resourceVersion of the live rows of namespaces and ConfigMaps.
-async fn live_rows(h: &Harness) -> anyhow::Result<BTreeMap<String, String>> {
-    let c = h.db.client().await?;
+async fn live_rows(db: &TestDb) -> anyhow::Result<BTreeMap<String, String>> {
+    let c = db.client().await?;
     Ok(c.query(
         "SELECT uid, raw->'metadata'->>'resourceVersion' FROM krateo_resources
           WHERE cluster_name = $1 AND deleted_at IS NULL
@@ -66,9 +67,18 @@ async fn live_rows(h: &Harness) -> anyhow::Result<BTreeMap<String, String>> {
 
 /// Waits until the live rows are exactly the objects of `store`, each at its version.
 async fn converged(h: &Harness, store: &Store, what: &str) -> anyhow::Result<()> {
+    converged_to(&h.db, || Ok(objects(store)), what).await
+}
+
+/// Waits until the live rows of namespaces and ConfigMaps are exactly `want()`.
+async fn converged_to(
+    db: &TestDb,
+    want: impl Fn() -> anyhow::Result<BTreeMap<String, String>>,
+    what: &str,
+) -> anyhow::Result<()> {
     testkit::eventually(what, WAIT, || async {
-        let rows = live_rows(h).await.map_err(|e| e.to_string())?;
-        let want = objects(store);
+        let rows = live_rows(db).await.map_err(|e| e.to_string())?;
+        let want = want().map_err(|e| e.to_string())?;
         if rows == want {
             return Ok(Some(()));
         }
@@ -83,10 +93,15 @@ async fn converged(h: &Harness, store: &Store, what: &str) -> anyhow::Result<()>
 
 /// Live rows named `name` in namespace `ns` (the presenter would show each).
 async fn live_named(h: &Harness, ns: &str, name: &str) -> anyhow::Result<i64> {
-    h.count(&format!(
-        "deleted_at IS NULL AND namespace = '{ns}' AND resource_name = '{name}' AND resource_plural = 'configmaps'"
-    ))
-    .await
+    live_named_in(&h.db, ns, name).await
+}
+
+async fn live_named_in(db: &TestDb, ns: &str, name: &str) -> anyhow::Result<i64> {
+    Table(db)
+        .count(&format!(
+            "deleted_at IS NULL AND namespace = '{ns}' AND resource_name = '{name}' AND resource_plural = 'configmaps'"
+        ))
+        .await
 }
 
 fn cm(name: &str, v: &str) -> Value {
@@ -264,5 +279,153 @@ async fn an_etcd_restore_converges_without_resume_points() -> anyhow::Result<()>
     restore_converges(false).await
 }
 
-#[allow(dead_code)]
-fn _real(_: &RealHarness) {}
+// On a real API server (Kubernetes v1.36.2, `testkit::realkube`; skipped without its
+// binaries, failing under CI).
+
+/// uid -> resourceVersion of the namespaces and ConfigMaps of the real cluster.
+fn real_objects(h: &RealHarness) -> anyhow::Result<BTreeMap<String, String>> {
+    let out = h
+        .plane
+        .kubectl(&["get", "namespaces,configmaps", "-A", "-o", "json"])?;
+    let list: Value = serde_json::from_str(&out)?;
+    Ok(list["items"]
+        .as_array()
+        .map(|items| items.iter().map(|o| (uid(o), rv(o))).collect())
+        .unwrap_or_default())
+}
+
+/// `n` ConfigMaps in one `kubectl create` (one resourceVersion each, quickly).
+fn create_many(h: &RealHarness, prefix: &str, n: usize) -> anyhow::Result<()> {
+    let items: Vec<Value> = (0..n)
+        .map(|i| cm(&format!("{prefix}{i}"), prefix))
+        .collect();
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    h.plane.kubectl_stdin(
+        &["create", "-o", "name", "-f", "-"],
+        Some(&list.to_string()),
+    )?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_an_etcd_restore_converges() -> anyhow::Result<()> {
+    let Some(h) = RealHarness::own().await? else {
+        return Ok(());
+    };
+    h.namespace(NS).await?;
+    for i in 0..3 {
+        h.create(&cm(&format!("c{i}"), "backed-up"))?;
+    }
+    let backup = h.plane.backup_etcd("etcd-backup").await?;
+    let env = [FAST_CHECKPOINTS];
+
+    // After the backup, ingested: a delete, an update, many creates (the lost history
+    // reaches far past what the restored cluster will have at the next start).
+    let mut ing = h.start_ready(&env).await?;
+    converged_to(&h.db, || real_objects(&h), "ingested").await?;
+    h.delete("configmap", Some(NS), "c0")?;
+    let mut c1: Value = serde_json::from_str(&h.plane.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "configmap",
+        "c1",
+        "-o",
+        "json",
+    ])?)?;
+    c1["data"]["v"] = json!("lost");
+    h.replace(&c1)?;
+    create_many(&h, "lost", 300)?;
+    converged_to(&h.db, || real_objects(&h), "the lost history ingested").await?;
+    anyhow::ensure!(ing.terminate(WAIT).await?.success(), "{}", ing.log());
+    let lost_rv = h.plane.etcd_revision().await?;
+
+    h.plane.restore_etcd(&backup).await?;
+    let restored_rv = h.plane.etcd_revision().await?;
+    anyhow::ensure!(
+        restored_rv < lost_rv,
+        "the restore must go back: {restored_rv} >= {lost_rv}"
+    );
+    let ing = h.start_ready(&env).await?;
+    converged_to(
+        &h.db,
+        || real_objects(&h),
+        "the table shows the restored cluster",
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", ing.log()))?;
+    assert_eq!(live_named_in(&h.db, NS, "c0").await?, 1, "c0 is back");
+    assert_eq!(live_named_in(&h.db, NS, "lost0").await?, 0);
+    let c1 = h
+        .table()
+        .count(&format!(
+            "deleted_at IS NULL AND namespace = '{NS}' AND resource_name = 'c1' AND raw->'data'->>'v' = 'backed-up'"
+        ))
+        .await?;
+    assert_eq!(c1, 1, "c1 as restored");
+    // Live changes keep arriving.
+    let late = h.create(&cm("late", "new"))?;
+    h.table()
+        .wait_row(&uid(&late), "a change after the start", |_, d| !d)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_a_rebuilt_cluster_converges() -> anyhow::Result<()> {
+    let Some(old) = RealHarness::own().await? else {
+        return Ok(());
+    };
+    let kube_system_uid = |h: &RealHarness| -> anyhow::Result<String> {
+        h.plane.kubectl(&[
+            "get",
+            "namespace",
+            "kube-system",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+    };
+    let old_uid = kube_system_uid(&old)?;
+    old.namespace(NS).await?;
+    create_many(&old, "c", 200)?;
+    let env = [FAST_CHECKPOINTS];
+    let mut ing = old.start_ready(&env).await?;
+    converged_to(&old.db, || real_objects(&old), "the old cluster ingested").await?;
+    anyhow::ensure!(ing.terminate(WAIT).await?.success(), "{}", ing.log());
+    old.plane.stop().await?;
+
+    // The rebuilt cluster: a fresh etcd, a new kube-system uid, the same database and name.
+    let Some(plane) = testkit::realkube::ControlPlane::start().await? else {
+        return Ok(());
+    };
+    let new = RealHarness {
+        plane: std::sync::Arc::new(plane),
+        db: old.db,
+    };
+    let new_uid = kube_system_uid(&new)?;
+    assert_ne!(new_uid, old_uid);
+    new.namespace(NS).await?;
+    new.create(&cm("c0", "new"))?;
+    let c = new.db.client().await?;
+    let moved = c
+        .execute(
+            "UPDATE krateo_ingester_clusters SET cluster_id = $1, claimed_at = now() WHERE cluster_name = $2 AND cluster_id = $3",
+            &[&new_uid, &CLUSTER, &old_uid],
+        )
+        .await?;
+    assert_eq!(moved, 1);
+    let ing = new.start_ready(&env).await?;
+    converged_to(
+        &new.db,
+        || real_objects(&new),
+        "the table shows the rebuilt cluster only",
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", ing.log()))?;
+    assert_eq!(live_named_in(&new.db, NS, "c0").await?, 1, "c0 shown once");
+    let late = new.create(&cm("late", "new"))?;
+    new.table()
+        .wait_row(&uid(&late), "a change after the start", |_, d| !d)
+        .await?;
+    Ok(())
+}

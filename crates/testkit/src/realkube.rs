@@ -302,6 +302,28 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// An etcd backup: the plane is stopped, its etcd data directory copied to `name` in the
+    /// run directory, and the plane started again on the same data.
+    pub async fn backup_etcd(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let to = self.run_dir.path().join(name);
+        self.stop().await?;
+        let copied = copy_dir(&self.run_dir.path().join("etcd-data"), &to).await;
+        self.run_script("start", false).await?;
+        copied?;
+        Ok(to)
+    }
+
+    /// An etcd restore: the plane is stopped, its etcd data replaced by `backup` (from
+    /// [`Self::backup_etcd`]) and the plane started on it: same cluster (same kube-system
+    /// uid), its revision back where the backup was.
+    pub async fn restore_etcd(&self, backup: &Path) -> anyhow::Result<()> {
+        self.stop().await?;
+        let data = self.run_dir.path().join("etcd-data");
+        tokio::fs::remove_dir_all(&data).await?;
+        copy_dir(backup, &data).await?;
+        self.run_script("start", false).await
+    }
+
     /// etcd's current revision (the cluster's newest resourceVersion).
     pub async fn etcd_revision(&self) -> anyhow::Result<i64> {
         let v: Value = reqwest::Client::new()
@@ -437,6 +459,24 @@ fn apiserver_flags(pki: &Path, port: u16, etcd_port: u16) -> Vec<String> {
         "--allow-privileged=true".into(),
         "--v=1".into(),
     ]
+}
+
+/// `cp -a from to` (a stopped etcd's data directory).
+async fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cp -a {} {}: {}",
+        from.display(),
+        to.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 /// A second apiserver whose etcd link is slowed.
