@@ -467,3 +467,82 @@ async fn a_second_api_server_whose_watch_cache_lags_loses_nothing() -> anyhow::R
     );
     Ok(())
 }
+
+/// The CRD manager on a real API server: a managed CRD created while the ingester runs is
+/// served (the real server takes a moment to establish it) and watched; its storage version
+/// switch moves the watch without a second row per object; its deletion makes the real
+/// server delete the custom resources (DELETED events, asynchronously) and the rows follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crd_manager_follows_a_real_crd_life_cycle() -> anyhow::Result<()> {
+    let Some(h) = RealHarness::shared().await? else {
+        return Ok(());
+    };
+    let ns = unique("crds");
+    h.namespace(&ns).await?;
+    let group = "composition.krateo.io";
+    let plural = format!("{}s", unique("app").replace('-', ""));
+    let kind = format!("App{}", &plural[3..plural.len() - 1]);
+    let ing = h.start_ready(&[("NAMESPACES", &ns)]).await?;
+
+    let crd = crd_json(group, &plural, &kind, &[("v1", true, true)], "Namespaced");
+    h.plane.apply(&crd)?;
+    h.plane.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        &format!("crd/{plural}.{group}"),
+        "--timeout=60s",
+    ])?;
+    let cr = h.create(&cr_json(group, "v1", &kind, Some(&ns), "one"))?;
+    let t = h.table();
+    t.wait_row(
+        &uid(&cr),
+        "a custom resource of a CRD made while running",
+        |raw, d| !d && raw == &cr,
+    )
+    .await?;
+
+    // A second version becomes the storage version: the watch switches to it.
+    let crd2 = crd_json(
+        group,
+        &plural,
+        &kind,
+        &[("v1", true, false), ("v2", true, true)],
+        "Namespaced",
+    );
+    h.plane.apply(&crd2)?;
+    let two = h.create(&cr_json(group, "v2", &kind, Some(&ns), "two"))?;
+    t.wait_row(&uid(&two), "created at v2", |raw, d| {
+        !d && raw["apiVersion"] == format!("{group}/v2")
+    })
+    .await?;
+    t.wait_row(&uid(&cr), "the first one, now read at v2", |raw, d| {
+        !d && raw["apiVersion"] == format!("{group}/v2")
+    })
+    .await?;
+    let rows = t
+        .count(&format!(
+            "resource_plural = '{plural}' AND deleted_at IS NULL"
+        ))
+        .await?;
+    assert_eq!(rows, 2, "one row per object, not one per version");
+
+    // Deleting the CRD: the real server deletes its objects, then the CRD.
+    h.plane.kubectl(&[
+        "delete",
+        "crd",
+        &format!("{plural}.{group}"),
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
+    for o in [&cr, &two] {
+        t.wait_row(&uid(o), "deleted with its CRD", |_, d| d)
+            .await?;
+    }
+    let m = ing.metrics().await.map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        testkit::process::metric_value(&m, "workerpool_events_errors_total"),
+        Some(0.0),
+        "{m}"
+    );
+    Ok(())
+}
