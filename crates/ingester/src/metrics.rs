@@ -189,7 +189,7 @@ impl Metrics {
         );
         r.register(
             "ingester_watch_resumes",
-            "Watches started from a stored resume point instead of a list, by outcome (resumed, expired)",
+            "Watches started from a stored resume point instead of a list, by outcome (resumed, expired, history_behind: the server's resourceVersion was below the point, another history)",
             m.watch_resumes.clone(),
         );
         r.register(
@@ -311,7 +311,11 @@ impl Metrics {
                 "invalid_composition_label",
             ],
         );
-        at_zero(&m.watch_resumes, "outcome", &["resumed", "expired"]);
+        at_zero(
+            &m.watch_resumes,
+            "outcome",
+            &["resumed", "expired", "history_behind"],
+        );
         Metrics { registry, ..m }
     }
 
