@@ -87,15 +87,17 @@ impl ScopeSnapshot {
         Ok(row.is_some())
     }
 
-    /// The highest object resourceVersion among the scope's rows, live or deleted: within one
-    /// history the collection's current resourceVersion is never below it.
+    /// The highest object resourceVersion among the scope's live rows: within one history the
+    /// collection's current resourceVersion is never below it. (Live rows only: they are what
+    /// the presenter's partial indexes cover, and a list reads them anyway; a deleted row's
+    /// version is covered by the resume point stored after it.)
     pub async fn newest_version(pool: &Pool, scope: &Scope) -> Result<Option<i64>, String> {
         let client = pool.get().await.map_err(|e| e.to_string())?;
         let row = client
             .query_one(
                 "SELECT max(object_resource_version) FROM krateo_resources
                   WHERE cluster_name = $1 AND resource_group = $2 AND resource_plural = $3
-                    AND ($4::text IS NULL OR namespace = $4)",
+                    AND deleted_at IS NULL AND ($4::text IS NULL OR namespace = $4)",
                 &[
                     &scope.cluster,
                     &scope.group,
