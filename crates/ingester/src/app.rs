@@ -639,7 +639,7 @@ async fn run_static_route(
 ) {
     let mut delay = Duration::from_secs(1);
     let mut reported_unavailable = false;
-    let namespaced = loop {
+    let served = loop {
         // An API server that stopped answering holds discovery until the client's read
         // timeout: shutdown must not wait for it.
         let discovered = tokio::select! {
@@ -647,7 +647,7 @@ async fn run_static_route(
             discovered = discover_scope(&ctx.client, &route) => discovered,
         };
         match discovered {
-            Ok(n) => break n,
+            Ok(served) => break served,
             Err(e) => {
                 crate::events::WatchFailed {
                     resource: &route.to_string(),
@@ -669,7 +669,18 @@ async fn run_static_route(
             }
         }
     };
-    let specs = WatchSpec::for_route(route.clone(), namespaced, &namespaces, true);
+    // The kind as the server spells it: rows carry it (`resource_kind`) and field policies
+    // match it, whatever the routes file says.
+    let route = if served.kind != route.kind {
+        warn!(route = %route, served_kind = %served.kind, "the routes file names this resource's kind otherwise than the server; using the server's");
+        Arc::new(Route {
+            kind: served.kind,
+            ..(*route).clone()
+        })
+    } else {
+        route
+    };
+    let specs = WatchSpec::for_route(route.clone(), served.namespaced, &namespaces, true);
     if !reported_unavailable && specs.len() > 1 {
         // Readiness counts one per route; every namespace watch reports its first list.
         ctx.health.add_static_routes(specs.len() - 1);
@@ -702,11 +713,19 @@ pub(crate) struct DiscoveryError {
     pub(crate) kind_unavailable: bool,
 }
 
-/// Whether the route's resource is namespaced, from the server's discovery document.
+/// A route's resource as the server's discovery document describes it.
+pub(crate) struct Served {
+    pub(crate) namespaced: bool,
+    /// The kind, as the server spells it.
+    pub(crate) kind: String,
+}
+
+/// Whether the route's resource is namespaced, and its kind, from the server's discovery
+/// document.
 pub(crate) async fn discover_scope(
     client: &kube::Client,
     route: &Route,
-) -> Result<bool, DiscoveryError> {
+) -> Result<Served, DiscoveryError> {
     let list = if route.group.is_empty() {
         client.list_core_api_resources(&route.version).await
     } else {
@@ -719,7 +738,10 @@ pub(crate) async fn discover_scope(
     list.resources
         .iter()
         .find(|r| r.name == route.plural)
-        .map(|r| r.namespaced)
+        .map(|r| Served {
+            namespaced: r.namespaced,
+            kind: r.kind.clone(),
+        })
         .ok_or_else(|| DiscoveryError {
             message: format!(
                 "the server has no resource {} in {}",

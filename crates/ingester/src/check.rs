@@ -361,6 +361,17 @@ pub fn route_verdict(
     access_line(name, format!("served ({scope})"), access)
 }
 
+/// A routes line whose Kind is not the server's: the service uses the server's (and says
+/// so); worth fixing in the file, never a reason not to run.
+pub fn kind_misnamed(check: &mut Check, file_kind: &str, served_kind: &str) {
+    if check.status == Status::Ok {
+        check.status = Status::Warn;
+    }
+    check.detail.push_str(&format!(
+        "; the routes file says Kind {file_kind}, the server serves {served_kind} (used instead; fix the line)"
+    ));
+}
+
 fn access_line(name: String, served: String, access: &[Access]) -> Check {
     let denied: Vec<String> = access
         .iter()
@@ -722,9 +733,15 @@ async fn streaming_lists(client: &kube::Client, wanted: bool) -> Check {
 }
 
 async fn route_check(client: &kube::Client, route: &Route, config: &Config) -> Check {
-    let discovery = crate::app::discover_scope(client, route)
+    let served = crate::app::discover_scope(client, route)
         .await
         .map_err(|e| (e.message, e.kind_unavailable));
+    let misnamed = served
+        .as_ref()
+        .ok()
+        .filter(|s| s.kind != route.kind)
+        .map(|s| s.kind.clone());
+    let discovery = served.map(|s| s.namespaced);
     let mut access = Vec::new();
     if let Ok(namespaced) = discovery {
         if namespaced && !config.namespaces.is_all() {
@@ -742,7 +759,11 @@ async fn route_check(client: &kube::Client, route: &Route, config: &Config) -> C
     } else {
         format!("{}.{}", route.plural, route.group)
     };
-    route_verdict(&label, discovery, &access)
+    let mut check = route_verdict(&label, discovery, &access);
+    if let Some(kind) = misnamed {
+        kind_misnamed(&mut check, &route.kind, &kind);
+    }
+    check
 }
 
 /// (group, plural) of every CRD, or why they could not be listed.
@@ -938,6 +959,12 @@ mod tests {
         );
         assert_eq!(denied.status, Status::Fail);
         assert!(denied.detail.contains("may NOT watch"), "{}", denied.detail);
+        let mut misnamed = route_verdict("secrets", Ok(true), &[]);
+        kind_misnamed(&mut misnamed, "secret", "Secret");
+        assert_eq!(misnamed.status, Status::Warn);
+        assert!(misnamed
+            .detail
+            .contains("Kind secret, the server serves Secret"));
         let absent = route_verdict("ys.x", Err(("404".into(), true)), &[]);
         assert_eq!(absent.status, Status::Warn);
         let unknown = route_verdict("pods", Ok(true), &[access("list", Err("404".into()))]);

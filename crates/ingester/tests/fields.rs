@@ -306,6 +306,25 @@ async fn no_spelling_of_the_secret_kind_in_the_routes_file_stores_a_value() -> a
             );
             assert!(!ing.log().contains(needle), "{line}: {needle} logged");
         }
+        // The rows carry the kind as the server spells it, and the log says the file differs.
+        let kinds: Vec<String> = h
+            .db
+            .client()
+            .await?
+            .query(
+                "SELECT DISTINCT resource_kind FROM krateo_resources WHERE resource_plural = 'secrets'",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(kinds, vec!["Secret".to_owned()], "{line}");
+        assert!(
+            ing.log().contains("names this resource's kind otherwise"),
+            "{}",
+            ing.log()
+        );
     }
     Ok(())
 }
