@@ -104,7 +104,7 @@ async fn crd_life_cycle_applied_with_kubectl() -> anyhow::Result<()> {
         "composition.krateo.io objects get their own uid as composition id"
     );
 
-    let watches_before = ing.metric("ingester_active_watches").await.unwrap_or(0.0);
+    let watches_before = ing.read_metric("ingester_active_watches").await?;
     // Delete the CRD with kubectl: the watch stops and its objects are marked deleted.
     kubectl(
         &h,
@@ -259,7 +259,7 @@ async fn two_hundred_crds_at_once() -> anyhow::Result<()> {
     let store = h.store();
     store.create(namespace("bulk"))?;
     let ing = h.start_ready(&[]).await?;
-    let base_watches = ing.metric("ingester_active_watches").await.unwrap_or(0.0);
+    let base_watches = ing.read_metric("ingester_active_watches").await?;
     let n = 200;
     let groups = [
         "composition.krateo.io",
@@ -287,7 +287,10 @@ async fn two_hundred_crds_at_once() -> anyhow::Result<()> {
     )
     .await?;
     testkit::eventually("one watch per CRD", WAIT, || async {
-        let w = ing.metric("ingester_active_watches").await.unwrap_or(0.0);
+        let w = ing
+            .read_metric("ingester_active_watches")
+            .await
+            .map_err(|e| format!("{e:#}"))?;
         if w == base_watches + n as f64 {
             Ok(Some(()))
         } else {

@@ -113,32 +113,7 @@ async fn assert_converged(
 /// is a labelled series (`name{...}`) of a family the endpoint declares (`# TYPE`): such a
 /// series appears only once counted, so it is 0.
 async fn metric(p: &IngesterProcess, series: &str) -> anyhow::Result<f64> {
-    let text = p
-        .metrics()
-        .await
-        .map_err(|e| anyhow::anyhow!("/metrics of ingester {} unreachable: {e}", p.pid()))?;
-    if let Some(v) = testkit::process::metric_value(&text, series) {
-        return Ok(v);
-    }
-    if let Some((name, _)) = series.split_once('{') {
-        let family = name.strip_suffix("_total").unwrap_or(name);
-        let declared = text.lines().any(|l| {
-            l.strip_prefix("# TYPE ")
-                .and_then(|t| t.split_whitespace().next())
-                .is_some_and(|t| t == family || t == name)
-        });
-        if declared {
-            return Ok(0.0);
-        }
-    }
-    anyhow::bail!(
-        "{series} missing from /metrics of ingester {} (declared: {})",
-        p.pid(),
-        text.lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
+    p.read_metric(series).await
 }
 
 /// [`metric`] inside [`testkit::eventually`]: an error is reported as the last observation.

@@ -351,7 +351,7 @@ async fn readiness_follows_the_database() -> anyhow::Result<()> {
         .await?;
     let metric = |name: &'static str| {
         let ing = &ing;
-        async move { ing.metric(name).await.unwrap_or(0.0) }
+        async move { ing.read_metric(name).await.map_err(|e| format!("{e:#}")) }
     };
     proxy.cut();
     testkit::eventually(
@@ -363,22 +363,27 @@ async fn readiness_follows_the_database() -> anyhow::Result<()> {
     // Changes made while the database is away are not lost. Delivered = processed by the lane
     // or waiting in its queue: a lane retrying a batch takes nothing new from its queue.
     let delivered = || async {
-        metric("workerpool_events_processed_total").await + metric("ingester_queue_depth").await
+        Ok::<f64, String>(
+            metric("workerpool_events_processed_total").await?
+                + metric("ingester_queue_depth").await?,
+        )
     };
-    let before = delivered().await;
-    let failures = metric("ingester_write_failures_total").await;
+    let before = delivered().await.map_err(anyhow::Error::msg)?;
+    let failures = metric("ingester_write_failures_total")
+        .await
+        .map_err(anyhow::Error::msg)?;
     let ns = store.create(namespace("while-down"))?;
     testkit::eventually(
         "the lane to retry a batch against the cut database",
         WAIT,
-        || async { Ok((metric("ingester_write_failures_total").await > failures).then_some(())) },
+        || async { Ok((metric("ingester_write_failures_total").await? > failures).then_some(())) },
     )
     .await?;
     let p = store.create(pod("while-down", "p"))?;
     testkit::eventually(
         "the watches to deliver both changes while the database is cut",
         WAIT,
-        || async { Ok((delivered().await >= before + 2.0).then_some(())) },
+        || async { Ok((delivered().await? >= before + 2.0).then_some(())) },
     )
     .await?;
     proxy.restore();
@@ -593,9 +598,9 @@ async fn watches_that_end_at_once_are_retried_with_backoff() -> anyhow::Result<(
     h.sim.drop_watches();
     testkit::eventually("three failed watches", WAIT, || async {
         let errors = ing
-            .metric("ingester_watch_errors_total{resource=\"/v1/configmaps/ConfigMap\"}")
+            .read_metric("ingester_watch_errors_total{resource=\"/v1/configmaps/ConfigMap\"}")
             .await
-            .unwrap_or(0.0);
+            .map_err(|e| format!("{e:#}"))?;
         Ok((errors >= 3.0).then_some(()))
     })
     .await?;

@@ -100,6 +100,39 @@ impl IngesterProcess {
         metric_value(&text, series)
     }
 
+    /// The value of `series`, or why there is none: `/metrics` unreachable, or the series
+    /// missing. A labelled series (`ingester_relists_total{reason="expired"}`) of a family the
+    /// endpoint declares (`# TYPE`) is 0: such series appear once counted. Never a silent 0
+    /// for an endpoint that is down or a misspelled name.
+    pub async fn read_metric(&self, series: &str) -> anyhow::Result<f64> {
+        let text = self
+            .metrics()
+            .await
+            .map_err(|e| anyhow::anyhow!("/metrics of ingester {} unreachable: {e}", self.pid()))?;
+        if let Some(v) = metric_value(&text, series) {
+            return Ok(v);
+        }
+        if let Some((name, _)) = series.split_once('{') {
+            let family = name.strip_suffix("_total").unwrap_or(name);
+            let declared = text.lines().any(|l| {
+                l.strip_prefix("# TYPE ")
+                    .and_then(|t| t.split_whitespace().next())
+                    .is_some_and(|t| t == family || t == name)
+            });
+            if declared {
+                return Ok(0.0);
+            }
+        }
+        anyhow::bail!(
+            "{series} missing from /metrics of ingester {} (declared: {})",
+            self.pid(),
+            text.lines()
+                .filter_map(|l| l.strip_prefix("# TYPE "))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
     /// Waits until `/readyz` answers 200; fails early if the process exits.
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
