@@ -47,6 +47,19 @@ async fn live(db: &TestDb, uid: &str) -> anyhow::Result<Option<bool>> {
     .map(|r| r.get(0)))
 }
 
+/// A database of the suite's server with rows of uids 1 to 3, a writer and its metrics.
+async fn three_rows() -> anyhow::Result<(TestDb, Database, Arc<Metrics>, BatchWriter)> {
+    let db = TestDb::create().await?;
+    let config = common::db_config(&db, &[]);
+    let database = Database::connect(&config, 4).await?;
+    let metrics = Arc::new(Metrics::new());
+    let w = BatchWriter::new(database.pool.clone(), metrics.clone());
+    for i in 1..=3 {
+        w.write(&[record(&uid(i), 10)], &[]).await?;
+    }
+    Ok((db, database, metrics, w))
+}
+
 fn metric(m: &Metrics, series: &str) -> f64 {
     testkit::process::metric_value(&m.encode(), series).unwrap_or(-1.0)
 }
@@ -150,14 +163,7 @@ async fn a_full_notify_queue_skips_the_feed_and_writes_the_rows() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_sequence_behind_the_ids_is_retried_never_dropped() -> anyhow::Result<()> {
-    let db = TestDb::create().await?;
-    let config = common::db_config(&db, &[]);
-    let database = Database::connect(&config, 4).await?;
-    let metrics = Arc::new(Metrics::new());
-    let w = BatchWriter::new(database.pool.clone(), metrics.clone());
-    for i in 1..=3 {
-        w.write(&[record(&uid(i), 10)], &[]).await?;
-    }
+    let (db, _database, metrics, w) = three_rows().await?;
     // As after a restore of the table without its sequence: the next ids are taken.
     db.client()
         .await?
@@ -201,14 +207,7 @@ async fn an_identity_sequence_behind_the_ids_is_retried_never_dropped() -> anyho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tombstone_the_database_refuses_costs_nothing_else() -> anyhow::Result<()> {
-    let db = TestDb::create().await?;
-    let config = common::db_config(&db, &[]);
-    let database = Database::connect(&config, 4).await?;
-    let metrics = Arc::new(Metrics::new());
-    let w = BatchWriter::new(database.pool.clone(), metrics.clone());
-    for i in 1..=3 {
-        w.write(&[record(&uid(i), 10)], &[]).await?;
-    }
+    let (db, _database, metrics, w) = three_rows().await?;
     // The table's owner refuses to mark one row deleted (a trigger of its own).
     let bad = format!("c:{}", uid(1));
     db.client()

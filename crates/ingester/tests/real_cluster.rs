@@ -193,20 +193,7 @@ async fn compaction_and_apiserver_restarts_lose_nothing() -> anyhow::Result<()> 
     for o in &cms {
         t.wait_row(&uid(o), "listed", |_, d| !d).await?;
     }
-    let db = h.db.client().await?;
-    let newest: i64 = rv(&cms[3]).parse()?;
-    testkit::eventually("the configmaps' resume point", WAIT, || async {
-        let p: Option<i64> = db
-            .query_opt(
-                "SELECT resource_version FROM krateo_ingester_watch_state WHERE scope LIKE '/v1/configmaps/%'",
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .map(|r| r.get(0));
-        Ok(p.filter(|p| *p >= newest))
-    })
-    .await?;
+    configmaps_resume_point_past(&h, rv(&cms[3]).parse()?).await?;
     let status = ing.terminate(Duration::from_secs(30)).await?;
     anyhow::ensure!(status.success(), "first run: {status}");
 
@@ -281,6 +268,25 @@ async fn compaction_and_apiserver_restarts_lose_nothing() -> anyhow::Result<()> 
         "live rows vs the cluster's {names:?}"
     );
     Ok(())
+}
+
+/// Waits until the configmaps' resume point is at `newest` or past it (needs
+/// `FAST_CHECKPOINTS`).
+async fn configmaps_resume_point_past(h: &RealHarness, newest: i64) -> anyhow::Result<()> {
+    let db = h.db.client().await?;
+    testkit::eventually("the configmaps' resume point", WAIT, || async {
+        let p: Option<i64> = db
+            .query_opt(
+                "SELECT resource_version FROM krateo_ingester_watch_state WHERE scope LIKE '/v1/configmaps/%'",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|r| r.get(0));
+        Ok(p.filter(|p| *p >= newest))
+    })
+    .await
+    .map(drop)
 }
 
 /// A metric of a running ingester; a missing series or an unanswered `/metrics` is an error.
@@ -413,20 +419,7 @@ async fn a_second_api_server_whose_watch_cache_lags_loses_nothing() -> anyhow::R
         last["data"]["k"] = json!(format!("v{i}"));
         last = h.replace(&last)?;
     }
-    let newest: i64 = rv(&last).parse()?;
-    let db = h.db.client().await?;
-    testkit::eventually("the configmaps' resume point at the newest change", WAIT, || async {
-        let p: Option<i64> = db
-            .query_opt(
-                "SELECT resource_version FROM krateo_ingester_watch_state WHERE scope LIKE '/v1/configmaps/%'",
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .map(|r| r.get(0));
-        Ok(p.filter(|p| *p >= newest))
-    })
-    .await?;
+    configmaps_resume_point_past(&h, rv(&last).parse()?).await?;
     let st = ing.terminate(WAIT).await?;
     anyhow::ensure!(st.success(), "run 1: {st}");
     h.delete("configmap", Some(ns), "cm0")?;
