@@ -615,15 +615,17 @@ async fn bookmark_timing_follows_the_real_watch_cache() {
         let b = bookmarks(events);
         assert_eq!(b.len(), events.len(), "{side}: only bookmarks: {events:?}");
         assert!(!b.is_empty(), "{side}: no bookmark in {events:?}");
+        // The watch cache's bookmark timer works in whole-second buckets: the first comes
+        // within about a second of the deadline minus 2 s (measured: 2.2 s to 3.4 s here).
         assert!(
-            (Duration::from_millis(2400)..Duration::from_millis(3600)).contains(&b[0]),
+            (Duration::from_millis(1900)..Duration::from_millis(4000)).contains(&b[0]),
             "{side}: first bookmark after {:?} (deadline - 2 s = 3 s): {b:?}",
             b[0]
         );
         for w in b.windows(2) {
             let gap = w[1] - w[0];
             assert!(
-                (Duration::from_millis(600)..Duration::from_millis(1500)).contains(&gap),
+                (Duration::from_millis(400)..Duration::from_millis(2000)).contains(&gap),
                 "{side}: bookmarks {b:?}"
             );
         }
