@@ -552,7 +552,7 @@ async fn watches_and_streaming_lists() {
             for (side, e) in [("kube-sim", &es), ("kube-apiserver", &er)] {
                 let at = e.first().map(|(t, _)| *t).unwrap_or_default();
                 assert!(
-                    (Duration::from_millis(2900)..Duration::from_millis(4500)).contains(&at),
+                    (Duration::from_millis(2900)..Duration::from_millis(6500)).contains(&at),
                     "{side}: {q}: ERROR after {at:?}"
                 );
             }
@@ -769,7 +769,7 @@ async fn watch_from_a_compacted_revision_is_gone() {
         );
         assert_eq!(es.len(), 1, "{es:?}");
         assert_eq!(es[0].1["object"]["code"], 410);
-        assert!(es[0].0 < Duration::from_secs(2), "{es:?}");
+        assert!(es[0].0 < Duration::from_secs(5), "{es:?}");
     }
     // lists keep working, paged ones too
     p.same(Method::GET, &format!("{base}?limit=2"), None).await;
