@@ -225,6 +225,205 @@ fn watched_objects(store: &Store, scope: &CheckScope) -> HashMap<String, serde_j
     objects
 }
 
+/// What the checker compares the table with: the live objects of the watched scopes (by uid,
+/// as the server serves them at the watched version) and the uids of every object that
+/// exists, watched or not.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub watched: HashMap<String, serde_json::Value>,
+    pub existing: HashSet<String>,
+}
+
+impl Snapshot {
+    /// kube-sim's objects.
+    pub fn of_store(store: &Store, scope: &CheckScope) -> Snapshot {
+        Snapshot {
+            watched: watched_objects(store, scope),
+            existing: store.list_all().iter().filter_map(uid_of).collect(),
+        }
+    }
+}
+
+/// A real API server's objects, read over HTTP (`converge-fuzz --real`): each kind listed
+/// with one request (all namespaces), items completed with `apiVersion` and `kind` as a watch
+/// serves them.
+#[derive(Clone)]
+pub struct RealObjects {
+    pub http: reqwest::Client,
+    /// `https://127.0.0.1:PORT`
+    pub server: String,
+}
+
+/// The REST collection path of `api_version` `plural`, all namespaces.
+pub fn collection_path(api_version: &str, plural: &str) -> String {
+    if api_version.contains('/') {
+        format!("/apis/{api_version}/{plural}")
+    } else {
+        format!("/api/{api_version}/{plural}")
+    }
+}
+
+/// The plural of a built-in kind the routes know, else the Kubernetes default (lowercase + s).
+pub fn builtin_plural(kind: &str) -> String {
+    crate::fuzz::deployment::DEFAULT_ROUTES
+        .lines()
+        .filter_map(|l| {
+            let parts: Vec<&str> = l.trim().split('/').collect();
+            match parts[..] {
+                [_, _, plural, k] if k == kind => Some(plural.to_owned()),
+                _ => None,
+            }
+        })
+        .next()
+        .unwrap_or_else(|| format!("{}s", kind.to_lowercase()))
+}
+
+impl RealObjects {
+    /// Every object of `api_version` `plural` (`None`: the kind is not served: 404), typed.
+    pub async fn list(
+        &self,
+        api_version: &str,
+        kind: &str,
+        plural: &str,
+    ) -> anyhow::Result<Option<Vec<serde_json::Value>>> {
+        let url = format!("{}{}", self.server, collection_path(api_version, plural));
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        anyhow::ensure!(resp.status().is_success(), "GET {url}: {}", resp.status());
+        let mut list: serde_json::Value = resp.json().await?;
+        let items = match list.get_mut("items").map(serde_json::Value::take) {
+            Some(serde_json::Value::Array(items)) => items,
+            _ => Vec::new(),
+        };
+        Ok(Some(
+            items
+                .into_iter()
+                .map(|mut o| {
+                    o["apiVersion"] = api_version.into();
+                    o["kind"] = kind.into();
+                    o
+                })
+                .collect(),
+        ))
+    }
+
+    /// The CRDs the server has.
+    pub async fn crds(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        Ok(self
+            .list(
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                "customresourcedefinitions",
+            )
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// `(apiVersion, kind, plural)` of every served version of every CRD in `crds`.
+    fn crd_kinds(crds: &[serde_json::Value]) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for crd in crds {
+            let spec = &crd["spec"];
+            let (Some(group), Some(kind), Some(plural)) = (
+                spec["group"].as_str(),
+                spec["names"]["kind"].as_str(),
+                spec["names"]["plural"].as_str(),
+            ) else {
+                continue;
+            };
+            for v in spec["versions"].as_array().into_iter().flatten() {
+                if v["served"].as_bool().unwrap_or(false) {
+                    if let Some(name) = v["name"].as_str() {
+                        out.push((
+                            format!("{group}/{name}"),
+                            kind.to_owned(),
+                            plural.to_owned(),
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The plural of `api_version` `kind`: a CRD's, else a built-in's.
+    fn plural(crds: &[(String, String, String)], api_version: &str, kind: &str) -> String {
+        crds.iter()
+            .find(|(av, k, _)| av == api_version && k == kind)
+            .map(|(_, _, p)| p.clone())
+            .unwrap_or_else(|| builtin_plural(kind))
+    }
+
+    /// What the server has now: the scope's kinds, and for `existing` also every served
+    /// version of every CRD (a custom resource of a kind no longer watched still exists).
+    pub async fn snapshot(&self, scope: &CheckScope) -> anyhow::Result<Snapshot> {
+        let crds = Self::crd_kinds(&self.crds().await?);
+        let mut snap = Snapshot::default();
+        for (api_version, kind) in &scope.kinds {
+            let plural = Self::plural(&crds, api_version, kind);
+            for obj in self
+                .list(api_version, kind, &plural)
+                .await?
+                .unwrap_or_default()
+            {
+                let Some(uid) = uid_of(&obj) else { continue };
+                snap.existing.insert(uid.clone());
+                let ns = obj
+                    .pointer("/metadata/namespace")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or_default();
+                if scope.watches(group_of(api_version), kind, ns) {
+                    snap.watched.insert(uid, obj);
+                }
+            }
+        }
+        for (api_version, kind, plural) in &crds {
+            if scope
+                .kinds
+                .iter()
+                .any(|(a, k)| a == api_version && k == kind)
+            {
+                continue;
+            }
+            for obj in self
+                .list(api_version, kind, plural)
+                .await?
+                .unwrap_or_default()
+            {
+                snap.existing.extend(uid_of(&obj));
+            }
+        }
+        Ok(snap)
+    }
+
+    /// The uids of every object of `kinds` (`(apiVersion, kind)`) and of every served custom
+    /// resource: the live side of a [`LiveObjectMonitor`] on a real server.
+    pub async fn live_uids(&self, kinds: &[(String, String)]) -> anyhow::Result<HashSet<String>> {
+        let crds = Self::crd_kinds(&self.crds().await?);
+        let mut wanted: Vec<(String, String, String)> = kinds
+            .iter()
+            .map(|(a, k)| (a.clone(), k.clone(), Self::plural(&crds, a, k)))
+            .collect();
+        wanted.extend(crds);
+        wanted.sort();
+        wanted.dedup();
+        let mut uids = HashSet::new();
+        for (a, k, p) in &wanted {
+            for obj in self.list(a, k, p).await?.unwrap_or_default() {
+                uids.extend(uid_of(&obj));
+            }
+        }
+        Ok(uids)
+    }
+}
+
 /// One row of `krateo_resources`, as the checker reads it.
 struct Row {
     uid: String,
@@ -263,9 +462,18 @@ async fn rows(db: &Client, cluster: &str) -> anyhow::Result<Vec<Row>> {
 }
 
 pub async fn check(store: &Store, db: &Client, scope: &CheckScope) -> anyhow::Result<Verdict> {
-    let objects = watched_objects(store, scope);
-    // Every object the store still has, watched or not (any kind, any version).
-    let existing: HashSet<String> = store.list_all().iter().filter_map(uid_of).collect();
+    check_snapshot(&Snapshot::of_store(store, scope), db, scope).await
+}
+
+/// [`check`] against a snapshot of the objects (kube-sim's or a real server's).
+pub async fn check_snapshot(
+    snapshot: &Snapshot,
+    db: &Client,
+    scope: &CheckScope,
+) -> anyhow::Result<Verdict> {
+    let objects = &snapshot.watched;
+    // Every object the server still has, watched or not (any kind, any version).
+    let existing = &snapshot.existing;
     let mut v = Verdict {
         objects: objects.len(),
         ..Verdict::default()
@@ -333,7 +541,7 @@ pub async fn check(store: &Store, db: &Client, scope: &CheckScope) -> anyhow::Re
             None => {}
         }
     }
-    for (uid, obj) in &objects {
+    for (uid, obj) in objects.iter() {
         if !seen.contains(uid) {
             v.missing.push(format!("{} (no row)", describe(obj)));
         }
@@ -517,8 +725,41 @@ impl LiveSampled {
     }
 }
 
+/// Where a [`LiveObjectMonitor`] reads which objects are live.
+#[derive(Clone)]
+pub enum LiveSource {
+    /// kube-sim's store: every object of any kind.
+    Store(Store),
+    /// A real API server: every object of these `(apiVersion, kind)` and every served custom
+    /// resource, listed over HTTP at each sample (a sample takes a few requests, so sample
+    /// every 100 ms or more). A sample whose lists fail is skipped.
+    Real {
+        objects: RealObjects,
+        kinds: Vec<(String, String)>,
+    },
+}
+
+impl LiveSource {
+    async fn live_uids(&self) -> Option<HashSet<String>> {
+        match self {
+            LiveSource::Store(store) => Some(store.list_all().iter().filter_map(uid_of).collect()),
+            LiveSource::Real { objects, kinds } => objects.live_uids(kinds).await.ok(),
+        }
+    }
+}
+
 impl LiveObjectMonitor {
     pub fn start(store: Store, db: Client, cluster: &str, every: Duration) -> LiveObjectMonitor {
+        Self::start_on(LiveSource::Store(store), db, cluster, every)
+    }
+
+    /// [`Self::start`] against any [`LiveSource`] (a real API server too).
+    pub fn start_on(
+        source: LiveSource,
+        db: Client,
+        cluster: &str,
+        every: Duration,
+    ) -> LiveObjectMonitor {
         let shared = Arc::new(Mutex::new(LiveSampled::default()));
         let stop = Arc::new(tokio::sync::Notify::new());
         let (shared2, stop2, cluster) = (shared.clone(), stop.clone(), cluster.to_owned());
@@ -557,10 +798,10 @@ impl LiveObjectMonitor {
                         })
                         .collect();
                     // Read after the rows: see the type's comment.
-                    let live: HashSet<String> =
-                        store.list_all().iter().filter_map(uid_of).collect();
-                    let Ok(mut s) = shared2.lock() else { return };
-                    s.observe(deleted, &live);
+                    if let Some(live) = source.live_uids().await {
+                        let Ok(mut s) = shared2.lock() else { return };
+                        s.observe(deleted, &live);
+                    }
                 }
                 if tokio::time::timeout(every, stop2.notified()).await.is_ok() {
                     return;

@@ -4,6 +4,9 @@
 //! totals; exit 1 when any seed failed.
 //!
 //! `cargo run --release -p testkit --bin converge-fuzz -- --seeds 20`
+//!
+//! `--real`: the seeds run against a real Kubernetes v1.36.2 control plane
+//! (`testkit::realkube`, one plane for the whole run, seeds one at a time) instead of kube-sim.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,6 +51,15 @@ struct Args {
     /// printed as seeds finish.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     jobs: u64,
+    /// Run against a real Kubernetes control plane (etcd, kube-apiserver,
+    /// kube-controller-manager; started once, shared by the seeds, one seed at a time):
+    /// changes through the real API server, its faults (apiserver restarts, etcd compaction
+    /// with a restart, a lagging second apiserver, namespace deletion) instead of kube-sim's.
+    #[arg(long)]
+    real: bool,
+    /// Also leave the trace and logs of passing seeds.
+    #[arg(long)]
+    keep_artifacts: bool,
     /// Where failing seeds leave their trace and ingester logs.
     #[arg(long, default_value = "target/converge-fuzz")]
     artifacts: PathBuf,
@@ -88,6 +100,7 @@ async fn main() -> std::process::ExitCode {
     opts.api_server_faults = !args.no_api_server_faults;
     opts.converge_timeout = Duration::from_secs(args.converge_timeout);
     opts.artifacts = Some(args.artifacts.clone());
+    opts.keep_artifacts = args.keep_artifacts;
     if !opts.ingester.exists() {
         eprintln!(
             "no ingester binary at {}: build it first (cargo build --release -p resources-ingester) or pass --ingester",
@@ -95,14 +108,34 @@ async fn main() -> std::process::ExitCode {
         );
         return std::process::ExitCode::from(2);
     }
+    let mut jobs = args.jobs as usize;
+    if args.real {
+        if jobs > 1 {
+            eprintln!("--real runs one seed at a time (one control plane): --jobs 1");
+            jobs = 1;
+        }
+        opts.real = match testkit::fuzz::RealPlane::start().await {
+            Ok(Some(p)) => Some(p),
+            Ok(None) => {
+                eprintln!(
+                    "--real: no real Kubernetes binaries (see crates/testkit/src/realkube.rs)"
+                );
+                return std::process::ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("--real: the control plane did not start: {e:#}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+    }
     let (mut passed, mut failed) = (0u64, 0u64);
-    let (mut changes, mut faults) = (0u64, 0u64);
+    let (mut changes, mut faults, mut refused) = (0u64, 0u64, 0u64);
     let mut steps: std::collections::BTreeMap<&'static str, u64> =
         std::collections::BTreeMap::new();
     let mut pending = seeds.into_iter();
     let mut running = tokio::task::JoinSet::new();
     loop {
-        while running.len() < args.jobs as usize {
+        while running.len() < jobs {
             let Some(seed) = pending.next() else { break };
             let opts = opts.clone();
             running.spawn(async move { run_seed(seed, &opts).await });
@@ -131,6 +164,7 @@ async fn main() -> std::process::ExitCode {
         println!("{}", report.line(&opts));
         changes += report.changes;
         faults += report.faults;
+        refused += report.refused;
         for (step, n) in &report.steps {
             *steps.entry(*step).or_insert(0u64) += *n;
         }
@@ -140,7 +174,13 @@ async fn main() -> std::process::ExitCode {
             failed += 1;
         }
     }
-    println!("total: {changes} changes made, {faults} faults injected");
+    if opts.real.is_some() {
+        println!(
+            "total: {changes} changes made ({refused} refused by the real server), {faults} faults injected"
+        );
+    } else {
+        println!("total: {changes} changes made, {faults} faults injected");
+    }
     let by_kind: Vec<String> = steps.iter().map(|(k, n)| format!("{k} {n}")).collect();
     println!("steps by kind: {}", by_kind.join(", "));
     println!("{passed} passed, {failed} failed");

@@ -186,6 +186,17 @@ impl Deployment {
     /// routes, plus one kind per CRD of a managed group at the version the ingester picks
     /// (its storage version if served, else its first served one).
     pub fn check_scope(&self, cluster: &str, store: &Store, retire_check: bool) -> CheckScope {
+        let crds = store.list("apiextensions.k8s.io/v1", "CustomResourceDefinition", None);
+        self.check_scope_with(cluster, &crds, retire_check)
+    }
+
+    /// [`Self::check_scope`] given the CRDs (a real server's).
+    pub fn check_scope_with(
+        &self,
+        cluster: &str,
+        crds: &[serde_json::Value],
+        retire_check: bool,
+    ) -> CheckScope {
         let mut kinds: Vec<(String, String)> = self
             .route_lines()
             .iter()
@@ -205,8 +216,8 @@ impl Deployment {
         let groups = self.group_lines();
         let crds_watched = self.route_lines().iter().any(|l| l == CRD_ROUTE);
         if crds_watched {
-            for crd in store.list("apiextensions.k8s.io/v1", "CustomResourceDefinition", None) {
-                if let Some(k) = managed_kind(&crd, &groups) {
+            for crd in crds {
+                if let Some(k) = managed_kind(crd, &groups) {
                     kinds.push(k);
                 }
             }

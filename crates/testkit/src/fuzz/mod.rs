@@ -5,6 +5,7 @@
 //! the table throughout. Used by the `converge-fuzz` binary and by the ingester's
 //! `tests/converge_seeds.rs`.
 
+pub mod cluster;
 pub mod deployment;
 pub mod schedule;
 mod world;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+pub use cluster::RealPlane;
 pub use deployment::Deployment;
 pub use schedule::Step;
 
@@ -38,6 +40,12 @@ pub struct FuzzOptions {
     /// Also inject the faults of real API servers (lagging caches, replicas, replays, late
     /// bookmarks, stalls, silent watches). Off: the schedules of the seeds found before.
     pub api_server_faults: bool,
+    /// Play the seeds against this real control plane instead of kube-sim (`--real`): the
+    /// changes go to the real API server, the faults are the ones a real control plane
+    /// produces on demand ([`schedule::pick_real`]).
+    pub real: Option<RealPlane>,
+    /// Leave the trace and logs of passing seeds too (under `artifacts`).
+    pub keep_artifacts: bool,
 }
 
 impl FuzzOptions {
@@ -49,6 +57,8 @@ impl FuzzOptions {
             converge_timeout: Duration::from_secs(30),
             artifacts: None,
             api_server_faults: true,
+            real: None,
+            keep_artifacts: false,
         }
     }
 
@@ -59,7 +69,8 @@ impl FuzzOptions {
     /// The one command that runs this seed again with these options.
     pub fn reproduce(&self, seed: u64) -> String {
         format!(
-            "cargo run --release -p testkit --bin converge-fuzz -- --seed {seed} --duration {}{}{}",
+            "cargo run --release -p testkit --bin converge-fuzz -- {}--seed {seed} --duration {}{}{}",
+            if self.real.is_some() { "--real " } else { "" },
             self.duration.as_secs(),
             if self.retire_check {
                 ""
@@ -94,6 +105,9 @@ pub struct SeedReport {
     pub samples: u64,
     /// Replicas that exited without being told to (restarted, as Kubernetes would).
     pub unexpected_exits: u64,
+    /// Real mode: changes the real API server refused (e.g. an object in a namespace being
+    /// deleted, a name whose CRD is still terminating).
+    pub refused: u64,
     /// The longest a quiet point waited for convergence.
     pub slowest_convergence: Duration,
     pub elapsed: Duration,
@@ -110,8 +124,17 @@ impl SeedReport {
     pub fn line(&self, opts: &FuzzOptions) -> String {
         match &self.violation {
             None => format!(
-                "seed={} PASS ({} phases, {} changes, {} faults, {:.0?})",
-                self.seed, self.phases, self.changes, self.faults, self.elapsed
+                "seed={} PASS ({} phases, {} changes{}, {} faults, {:.0?})",
+                self.seed,
+                self.phases,
+                self.changes,
+                if opts.real.is_some() {
+                    format!(" ({} refused by the server)", self.refused)
+                } else {
+                    String::new()
+                },
+                self.faults,
+                self.elapsed
             ),
             Some(v) => format!(
                 "seed={} FAIL {v} (phase {}/{}) -- reproduce: {}{}",
@@ -150,7 +173,10 @@ pub async fn run_seed(seed: u64, opts: &FuzzOptions) -> SeedReport {
     if let Err(v) = outcome {
         report.violation = Some(v);
         report.artifacts = world.save_artifacts(opts);
+    } else if opts.keep_artifacts {
+        report.artifacts = world.save_artifacts(opts);
     }
+    report.refused = world.refused;
     report.samples = world.monitor_samples();
     report.unexpected_exits = world.unexpected_exits;
     report.slowest_convergence = world.slowest_convergence;
@@ -177,12 +203,16 @@ async fn play(
         report.phase = phase;
         let steps = rng.random_range(20..80);
         for _ in 0..steps {
-            let step = schedule::pick(
-                rng,
-                &world.store(),
-                &world.deployment,
-                opts.api_server_faults,
-            );
+            let step = if opts.real.is_some() {
+                schedule::pick_real(rng, &world.store(), &world.deployment)
+            } else {
+                schedule::pick(
+                    rng,
+                    &world.store(),
+                    &world.deployment,
+                    opts.api_server_faults,
+                )
+            };
             *report.steps.entry(step.name()).or_default() += 1;
             report.changes += u64::from(step.is_change());
             report.faults += u64::from(step.is_fault());

@@ -107,6 +107,23 @@ pub enum Step {
     Redeploy(Deployment),
     /// Let time pass.
     Pause(u64),
+    // ---- the faults of a real control plane (`--real` only) ----
+    /// Restart kube-apiserver (and etcd, the controller manager) on the same data: watches
+    /// break, the watch cache starts empty.
+    ApiServerRestart,
+    /// Compact etcd's history to its newest revision, then restart: resume points get 410.
+    CompactAndRestart,
+    /// Compact etcd's history (no restart): the watch cache still serves what it has.
+    Compact,
+    /// Restart replica `replica` against the second apiserver, whose etcd link lags by
+    /// `delay_ms` until the quiet point (it stays there until the next redeploy).
+    LaggingApiserver {
+        replica: usize,
+        delay_ms: u64,
+    },
+    /// Delete a namespace: the real namespace controller deletes its objects, then it; it is
+    /// created again at the quiet point.
+    NamespaceDelete(String),
 }
 
 impl Step {
@@ -137,6 +154,11 @@ impl Step {
             Step::Sigkill { .. } => "sigkill",
             Step::Redeploy(_) => "redeploy",
             Step::Pause(_) => "pause",
+            Step::ApiServerRestart => "apiserver_restart",
+            Step::CompactAndRestart => "compact_and_restart",
+            Step::Compact => "etcd_compact",
+            Step::LaggingApiserver { .. } => "lagging_apiserver",
+            Step::NamespaceDelete(_) => "namespace_delete",
         }
     }
 
@@ -152,6 +174,7 @@ impl Step {
                 | Step::CrdDelete
                 | Step::CrdToggleServed(_)
                 | Step::CrdSwitchStorage(_)
+                | Step::NamespaceDelete(_)
         )
     }
 
@@ -212,6 +235,38 @@ pub fn pick(
         55..=64 => pick_crd_change(rng, store),
         65..=79 => Step::Pause(rng.random_range(50..600)),
         _ => pick_fault(rng, deployment, api_server_faults),
+    }
+}
+
+/// The next step against a real control plane (`--real`): the same changes as [`pick`]
+/// (drawn the same way from the model `store`), a namespace deleted now and then, and the
+/// faults a real control plane produces on demand instead of kube-sim's.
+pub fn pick_real(rng: &mut SmallRng, store: &Store, deployment: &Deployment) -> Step {
+    match rng.random_range(0..100) {
+        0..=53 => pick_object_change(rng, store),
+        54 => Step::NamespaceDelete(NAMESPACES[rng.random_range(0..NAMESPACES.len())].to_owned()),
+        55..=64 => pick_crd_change(rng, store),
+        65..=79 => Step::Pause(rng.random_range(50..600)),
+        _ => pick_real_fault(rng, deployment),
+    }
+}
+
+fn pick_real_fault(rng: &mut SmallRng, deployment: &Deployment) -> Step {
+    let replica = rng.random_range(0..deployment.replicas);
+    let restart = rng.random_bool(0.7);
+    match rng.random_range(0..100) {
+        0..=5 => Step::ApiServerRestart,
+        6..=11 => Step::CompactAndRestart,
+        12..=19 => Step::Compact,
+        20..=31 => Step::LaggingApiserver {
+            replica,
+            delay_ms: rng.random_range(50..800),
+        },
+        32..=43 => Step::DbCut,
+        44..=49 => Step::DbRestore,
+        50..=64 => Step::Sigterm { replica, restart },
+        65..=79 => Step::Sigkill { replica, restart },
+        _ => Step::Redeploy(deployment.mutate(rng)),
     }
 }
 
@@ -328,5 +383,17 @@ mod tests {
         assert_ne!(walk(3), walk(4));
         let kinds: std::collections::HashSet<&str> = walk(3).iter().map(Step::name).collect();
         assert!(kinds.len() > 8, "{kinds:?}");
+        // The real mode draws its own faults, one schedule per seed too.
+        let real = |seed| {
+            let store = Store::new(100);
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let d = Deployment::initial();
+            (0..300)
+                .map(|_| pick_real(&mut rng, &store, &d))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(real(3), real(3));
+        assert!(real(3).contains(&Step::ApiServerRestart));
+        assert!(!real(3).contains(&Step::DropWatches));
     }
 }

@@ -1,7 +1,8 @@
-//! Everything one seed runs against: kube-sim in-process, a database of its own reached
-//! through a proxy that can be cut, the ingester's replicas as child processes, and the
-//! regression monitor sampling the table. [`World::apply`] plays one step;
-//! [`World::quiet_point`] lifts the faults and runs the checks.
+//! Everything one seed runs against: kube-sim in-process (or a real control plane, `--real`:
+//! [`Cluster`]), a database of its own reached through a proxy that can be cut, the
+//! ingester's replicas as child processes, and the regression monitor sampling the table.
+//! [`World::apply`] plays one step; [`World::quiet_point`] lifts the faults and runs the
+//! checks.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -11,7 +12,8 @@ use kube_sim::workload::{self, WorkloadConfig};
 use kube_sim::{KubeSim, SimConfig, Store};
 use serde_json::{json, Value};
 
-use super::deployment::Deployment;
+use super::cluster::{Cluster, RealPlane};
+use super::deployment::{Deployment, NAMESPACES};
 use super::schedule::{
     fuzz_crd, Step, Target, FUZZ_CRD_GROUP, FUZZ_CRD_KIND, FUZZ_CRD_NAME, FUZZ_CRD_PLURAL,
     FUZZ_CRD_VERSIONS,
@@ -30,7 +32,7 @@ const APIEXT: &str = "apiextensions.k8s.io/v1";
 const CRD: &str = "CustomResourceDefinition";
 
 pub struct World {
-    sim: KubeSim,
+    cluster: Cluster,
     db: TestDb,
     proxy: TcpProxy,
     dir: tempfile::TempDir,
@@ -50,6 +52,10 @@ pub struct World {
     pub slowest_convergence: Duration,
     started: Instant,
     retire_check: bool,
+    /// Real mode: replicas started against the lagging second apiserver (until a redeploy).
+    on_lagging: Vec<bool>,
+    /// Real mode: changes the real API server refused (noted in the trace).
+    pub refused: u64,
 }
 
 fn small_workload(seed: u64) -> WorkloadConfig {
@@ -71,20 +77,33 @@ impl World {
             "no ingester binary at {} (build it: cargo build --release -p resources-ingester, or pass --ingester)",
             opts.ingester.display()
         );
-        let sim = KubeSim::start(SimConfig::default()).await?;
-        let preload = workload::preload(&sim.store(), &small_workload(seed));
-        anyhow::ensure!(preload.errors == 0, "workload preload: {preload:?}");
+        let dir = tempfile::tempdir()?;
+        let cluster = match &opts.real {
+            None => {
+                let sim = KubeSim::start(SimConfig::default()).await?;
+                let preload = workload::preload(&sim.store(), &small_workload(seed));
+                anyhow::ensure!(preload.errors == 0, "workload preload: {preload:?}");
+                sim.write_kubeconfig(&dir.path().join("kubeconfig"))?;
+                Cluster::Sim(sim)
+            }
+            Some(plane) => {
+                let model = real_preload(plane, seed).await?;
+                std::fs::copy(plane.plane.kubeconfig(), dir.path().join("kubeconfig"))?;
+                Cluster::Real {
+                    plane: plane.clone(),
+                    model,
+                }
+            }
+        };
         let db = TestDb::create().await?;
         let target: std::net::SocketAddr =
             format!("{}:{}", db.server.host, db.server.port).parse()?;
         let proxy = TcpProxy::start(target).await?;
-        let dir = tempfile::tempdir()?;
-        sim.write_kubeconfig(&dir.path().join("kubeconfig"))?;
         // The monitor reads the database directly, not through the proxy that gets cut.
         let monitor =
             RegressionMonitor::start(db.client().await?, CLUSTER, Duration::from_millis(100));
         Ok(World {
-            sim,
+            cluster,
             db,
             proxy,
             dir,
@@ -101,11 +120,24 @@ impl World {
             slowest_convergence: Duration::ZERO,
             started: Instant::now(),
             retire_check: opts.retire_check,
+            on_lagging: Vec::new(),
+            refused: 0,
         })
     }
 
+    /// kube-sim's store; in real mode the model the schedule is drawn from.
     pub fn store(&self) -> Store {
-        self.sim.store()
+        match &self.cluster {
+            Cluster::Sim(sim) => sim.store(),
+            Cluster::Real { model, .. } => model.clone(),
+        }
+    }
+
+    fn real_plane(&self) -> Option<RealPlane> {
+        match &self.cluster {
+            Cluster::Sim(_) => None,
+            Cluster::Real { plane, .. } => Some(plane.clone()),
+        }
     }
 
     pub fn monitor_samples(&self) -> u64 {
@@ -126,7 +158,15 @@ impl World {
             ("DB_PARAMS", "sslmode=disable&connect_timeout=2".to_owned()),
             (
                 "KUBECONFIG",
-                self.dir.path().join("kubeconfig").display().to_string(),
+                self.dir
+                    .path()
+                    .join(if self.on_lagging.get(replica) == Some(&true) {
+                        "kubeconfig-lagging"
+                    } else {
+                        "kubeconfig"
+                    })
+                    .display()
+                    .to_string(),
             ),
             ("CLUSTER_NAME", CLUSTER.to_owned()),
             ("FLUSH_INTERVAL", "50ms".to_owned()),
@@ -211,6 +251,9 @@ impl World {
 
     pub async fn apply(&mut self, step: &Step) -> Result<(), String> {
         self.note(format_args!("{step:?}"));
+        if let Some(plane) = self.real_plane() {
+            return self.apply_real(step, plane).await;
+        }
         let store = self.store();
         match step {
             Step::Create(t) => self.store_op(store.create(new_object(t, 0))),
@@ -307,8 +350,218 @@ impl World {
                 self.start_deployment().await?;
             }
             Step::Pause(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
+            Step::ApiServerRestart
+            | Step::CompactAndRestart
+            | Step::Compact
+            | Step::LaggingApiserver { .. }
+            | Step::NamespaceDelete(_) => {
+                self.note("  (a real control plane's step: not played on kube-sim)")
+            }
         }
         Ok(())
+    }
+
+    /// A step against the real control plane: changes go to the model and to the real API
+    /// server; the processes and the database as on kube-sim.
+    async fn apply_real(&mut self, step: &Step, plane: RealPlane) -> Result<(), String> {
+        let model = self.store();
+        match step {
+            Step::Create(t) => {
+                self.store_op(model.create(new_object(t, 0)));
+                let r = plane.create(&new_object(t, 0)).await;
+                self.real_op(r);
+            }
+            Step::Update(t, n) => {
+                let patch = json!({"metadata": {"labels": {"fuzz-n": n.to_string()}}});
+                self.store_op(model.merge_patch(
+                    &t.api_version,
+                    &t.kind,
+                    t.namespace(),
+                    &t.name,
+                    &patch,
+                ));
+                let r = plane
+                    .merge_patch(&t.api_version, &t.kind, t.namespace(), &t.name, &patch)
+                    .await;
+                self.real_op(r);
+            }
+            Step::Delete(t) => {
+                self.store_op(model.delete(&t.api_version, &t.kind, t.namespace(), &t.name));
+                let r = plane
+                    .delete(&t.api_version, &t.kind, t.namespace(), &t.name)
+                    .await;
+                self.real_op(r);
+            }
+            Step::Recreate(t) => {
+                self.store_op(model.delete(&t.api_version, &t.kind, t.namespace(), &t.name));
+                self.store_op(model.create(new_object(t, 1)));
+                let r = plane
+                    .delete(&t.api_version, &t.kind, t.namespace(), &t.name)
+                    .await;
+                self.real_op(r);
+                let r = plane.create(&new_object(t, 1)).await;
+                self.real_op(r);
+            }
+            Step::CrdCreate { cluster_scoped } => {
+                self.store_op(model.create(fuzz_crd_object(*cluster_scoped)));
+                let r = plane.create(&fuzz_crd_object(*cluster_scoped)).await;
+                self.real_op(r);
+            }
+            Step::CrdDelete => {
+                self.store_op(model.delete(APIEXT, CRD, None, FUZZ_CRD_NAME));
+                let r = plane.delete(APIEXT, CRD, None, FUZZ_CRD_NAME).await;
+                self.real_op(r);
+            }
+            Step::CrdToggleServed(i) => {
+                let edit = |versions: &mut Vec<Value>| {
+                    let served = versions[*i]["served"].as_bool().unwrap_or(false);
+                    versions[*i]["served"] = json!(!served);
+                };
+                self.change_crd(edit);
+                self.change_real_crd(&plane, edit).await;
+            }
+            Step::CrdSwitchStorage(i) => {
+                let edit = |versions: &mut Vec<Value>| {
+                    for (j, v) in versions.iter_mut().enumerate() {
+                        v["storage"] = json!(j == *i);
+                    }
+                };
+                self.change_crd(edit);
+                self.change_real_crd(&plane, edit).await;
+            }
+            Step::NamespaceDelete(ns) => {
+                if !plane.plane.has_controller_manager() {
+                    self.note("  (no controller manager: no namespace deletion)");
+                    return Ok(());
+                }
+                for obj in model.list_all() {
+                    if obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns) {
+                        let s = |k: &str| obj[k].as_str().unwrap_or_default().to_owned();
+                        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+                        let r = model.delete(&s("apiVersion"), &s("kind"), Some(ns), name);
+                        self.store_op(r);
+                    }
+                }
+                self.store_op(model.delete("v1", "Namespace", None, ns));
+                let r = plane.delete("v1", "Namespace", None, ns).await;
+                self.real_op(r);
+            }
+            Step::ApiServerRestart => plane
+                .plane
+                .restart()
+                .await
+                .map_err(|e| format!("harness: restarting the control plane: {e:#}"))?,
+            Step::CompactAndRestart => {
+                let rev = plane
+                    .plane
+                    .compact()
+                    .await
+                    .map_err(|e| format!("harness: compacting etcd: {e:#}"))?;
+                self.note(format_args!("  compacted at revision {rev}"));
+                plane
+                    .plane
+                    .restart()
+                    .await
+                    .map_err(|e| format!("harness: restarting the control plane: {e:#}"))?;
+            }
+            Step::Compact => {
+                let rev = plane
+                    .plane
+                    .compact()
+                    .await
+                    .map_err(|e| format!("harness: compacting etcd: {e:#}"))?;
+                self.note(format_args!("  compacted at revision {rev}"));
+            }
+            Step::LaggingApiserver { replica, delay_ms } => {
+                if *replica >= self.deployment.replicas {
+                    return Ok(());
+                }
+                let port = plane
+                    .lagging_apiserver(Duration::from_millis(*delay_ms))
+                    .await
+                    .map_err(|e| format!("harness: the lagging apiserver: {e:#}"))?;
+                plane
+                    .plane
+                    .write_kubeconfig_for_port(port, &self.dir.path().join("kubeconfig-lagging"))
+                    .map_err(|e| format!("harness: kubeconfig: {e:#}"))?;
+                self.api_faults = true;
+                self.stop_replica(*replica, true).await?;
+                if self.on_lagging.len() <= *replica {
+                    self.on_lagging.resize(*replica + 1, false);
+                }
+                self.on_lagging[*replica] = true;
+                self.note(format_args!(
+                    "  replica {replica} -> apiserver :{port} (lagging)"
+                ));
+                self.start_replica(*replica)?;
+            }
+            Step::DbCut => {
+                self.proxy.cut();
+                self.db_cut = true;
+            }
+            Step::DbRestore => {
+                self.proxy.restore();
+                self.db_cut = false;
+            }
+            Step::Sigterm { replica, restart } => {
+                self.stop_replica(*replica, true).await?;
+                if *restart {
+                    self.start_replica(*replica)?;
+                }
+            }
+            Step::Sigkill { replica, restart } => {
+                self.stop_replica(*replica, false).await?;
+                if *restart {
+                    self.start_replica(*replica)?;
+                }
+            }
+            Step::Redeploy(d) => {
+                for r in 0..self.replicas.len() {
+                    self.stop_replica(r, true).await?;
+                }
+                self.deployment = d.clone();
+                self.on_lagging.clear();
+                self.note(format_args!("deployment: {}", d.describe()));
+                self.start_deployment().await?;
+            }
+            Step::Pause(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
+            Step::DropWatches
+            | Step::CompactHistory
+            | Step::ApiErrors(_)
+            | Step::ApiDelay(_)
+            | Step::LaggingWatchCache(_)
+            | Step::ApiServerReplicas { .. }
+            | Step::WatchReplay(_)
+            | Step::LateBookmarks(_)
+            | Step::StalledLists(_)
+            | Step::StuckWatches => self.note("  (a kube-sim fault: not played on a real server)"),
+        }
+        Ok(())
+    }
+
+    /// A real API server's refusal is part of the schedule too (a name still terminating, a
+    /// namespace being deleted, a CRD change it forbids).
+    fn real_op<T>(&mut self, r: Result<T, super::cluster::ApiFail>) {
+        if let Err(e) = r {
+            self.refused += 1;
+            self.note(format_args!("  (real api: {e})"));
+        }
+    }
+
+    /// The same edit as [`Self::change_crd`] on the real server's fuzz CRD.
+    async fn change_real_crd(&mut self, plane: &RealPlane, edit: impl FnOnce(&mut Vec<Value>)) {
+        let crd = match plane.get(APIEXT, CRD, None, FUZZ_CRD_NAME).await {
+            Ok(Some(crd)) => crd,
+            Ok(None) => return,
+            Err(e) => return self.note(format_args!("  (real api: {e})")),
+        };
+        let mut crd = crd;
+        let Some(versions) = crd["spec"]["versions"].as_array_mut() else {
+            return;
+        };
+        edit(versions);
+        let r = plane.replace(&crd).await;
+        self.real_op(r);
     }
 
     /// A store operation's error is part of the schedule (e.g. a name taken), not a finding.
@@ -329,6 +582,31 @@ impl World {
         edit(versions);
         let r = store.update(crd);
         self.store_op(r);
+    }
+
+    /// Real mode: the lagging apiserver catches up, deleted namespaces are created again (in
+    /// the model and, once the namespace controller is done, on the server).
+    async fn lift_real_faults(&mut self, plane: &RealPlane) -> Result<(), String> {
+        self.proxy.restore();
+        self.db_cut = false;
+        self.api_faults = false;
+        plane.lagging_catch_up().await;
+        let model = self.store();
+        for ns in NAMESPACES {
+            if model.get("v1", "Namespace", None, ns).is_none() {
+                let r = model.create(json!({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}}));
+                self.store_op(r);
+            }
+            let created = plane
+                .ensure_namespace(ns)
+                .await
+                .map_err(|e| format!("harness: namespace {ns}: {e:#}"))?;
+            if created {
+                self.note(format_args!("  namespace {ns} created again"));
+            }
+        }
+        Ok(())
     }
 
     fn lift_faults(&mut self) {
@@ -379,7 +657,11 @@ impl World {
     /// Faults lifted, every replica ready, then the checker until green or the deadline, and
     /// the monitor's findings.
     pub async fn quiet_point(&mut self, opts: &FuzzOptions) -> Result<(), String> {
-        self.lift_faults();
+        let real = self.real_plane();
+        match &real {
+            None => self.lift_faults(),
+            Some(plane) => self.lift_real_faults(plane).await?,
+        }
         self.note("quiet point: faults lifted");
         self.tend_replicas().await?;
         for r in 0..self.deployment.replicas {
@@ -414,7 +696,14 @@ impl World {
             .map_err(|e| format!("checker cannot reach the database: {e:#}"))?;
         let t = Instant::now();
         let verdict = loop {
-            let v = converge::check(&self.store(), &client, &scope).await;
+            let v = match &real {
+                None => converge::check(&self.store(), &client, &scope).await,
+                // The real server's objects, listed again each time (cascades and CRD
+                // deletions finish on their own time), and the scope from its CRDs.
+                Some(plane) => {
+                    real_check(plane, &self.deployment, &client, self.retire_check).await
+                }
+            };
             match v {
                 Ok(v) if v.converged() => break Ok(v),
                 Ok(v) if t.elapsed() >= opts.converge_timeout => break Err(v),
@@ -481,8 +770,84 @@ impl World {
         if let Some(m) = self.monitor.take() {
             m.finish().await;
         }
-        self.sim.shutdown().await;
+        if let Cluster::Sim(sim) = self.cluster {
+            sim.shutdown().await;
+        }
     }
+}
+
+/// One verdict against the real server: the scope from its CRDs, its objects over HTTP.
+async fn real_check(
+    plane: &RealPlane,
+    deployment: &Deployment,
+    db: &tokio_postgres::Client,
+    retire_check: bool,
+) -> anyhow::Result<converge::Verdict> {
+    let objects = plane.objects();
+    let crds = objects.crds().await?;
+    let scope = deployment.check_scope_with(CLUSTER, &crds, retire_check);
+    let snapshot = objects.snapshot(&scope).await?;
+    converge::check_snapshot(&snapshot, db, &scope).await
+}
+
+/// The kinds a real-mode seed creates objects of (labelled `fuzz=yes`, deleted before the
+/// next seed).
+const REAL_KINDS: &[(&str, &str)] = &[
+    ("v1", "ConfigMap"),
+    ("v1", "Pod"),
+    ("composition.krateo.io/v1alpha2", "FireworksApp"),
+];
+
+fn fireworks_crd() -> Value {
+    json!({"apiVersion": APIEXT, "kind": CRD,
+        "metadata": {"name": "fireworksapps.composition.krateo.io"},
+        "spec": {"group": "composition.krateo.io", "scope": "Namespaced",
+            "versions": [{"name": "v1alpha2", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}],
+            "names": {"plural": "fireworksapps", "singular": "fireworksapp",
+                "kind": "FireworksApp", "listKind": "FireworksAppList"}}})
+}
+
+/// Real mode's starting point, the same for every seed: the objects of earlier seeds gone,
+/// the namespaces and the FireworksApp CRD there, and in each namespace a few ConfigMaps,
+/// Pods and FireworksApps (created on the server and in the returned model).
+async fn real_preload(plane: &RealPlane, seed: u64) -> anyhow::Result<Store> {
+    plane
+        .reset(FUZZ_CRD_NAME, &[fireworks_crd()], NAMESPACES, REAL_KINDS)
+        .await?;
+    let model = Store::new(1000);
+    for ns in NAMESPACES {
+        model
+            .create(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}}))
+            .map_err(|e| anyhow::anyhow!("model: {e}"))?;
+    }
+    model
+        .create(fireworks_crd())
+        .map_err(|e| anyhow::anyhow!("model: {e}"))?;
+    for ns in NAMESPACES {
+        for (av, kind) in REAL_KINDS {
+            let n = if *kind == "ConfigMap" { 3 } else { 2 };
+            for i in 0..n {
+                let t = Target {
+                    api_version: (*av).to_owned(),
+                    kind: (*kind).to_owned(),
+                    namespace: (*ns).to_owned(),
+                    name: format!("pre-{}-{i}", kind.to_lowercase()),
+                };
+                let mut obj = new_object(&t, 0);
+                obj["metadata"]["labels"]["fuzz-seed"] = json!(seed.to_string());
+                model
+                    .create(obj.clone())
+                    .map_err(|e| anyhow::anyhow!("model: {e}"))?;
+                plane
+                    .create(&obj)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("preload: {e}"))?;
+            }
+        }
+    }
+    Ok(model)
 }
 
 /// A new object for `t` (`round` tells a re-created object's content apart).
