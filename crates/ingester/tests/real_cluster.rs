@@ -539,3 +539,141 @@ async fn the_crd_manager_follows_a_real_crd_life_cycle() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The configmaps of `ns` on the real server: uid -> resourceVersion.
+async fn live_configmaps(
+    http: &reqwest::Client,
+    server: &str,
+    ns: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let list: Value = http
+        .get(format!("{server}/api/v1/namespaces/{ns}/configmaps"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(list["items"]
+        .as_array()
+        .map(|items| items.iter().map(|o| (uid(o), rv(o))).collect())
+        .unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_writing_at_once_converge_and_never_mark_a_live_object_deleted(
+) -> anyhow::Result<()> {
+    let Some(h) = RealHarness::shared().await? else {
+        return Ok(());
+    };
+    let ns = unique("replicas");
+    h.namespace(&ns).await?;
+    let http = h.plane.http()?;
+    let server = h.plane.server();
+    let post = |name: String| {
+        let http = http.clone();
+        let url = format!("{server}/api/v1/namespaces/{ns}/configmaps");
+        let body = configmap(&ns, &name, json!({"k": "0"}));
+        async move { http.post(url).json(&body).send().await?.error_for_status() }
+    };
+    for i in 0..10 {
+        post(format!("cm{i}")).await?;
+    }
+    // Two replicas without leader election, the same configuration: both list, sweep and
+    // write every change.
+    let env = [("NAMESPACES", ns.as_str())];
+    let a = h.start_ready(&env).await?;
+    let b = h.start_ready(&env).await?;
+
+    // The monitor: a row marked deleted whose object the server still has (same uid) is a
+    // live object marked deleted, whatever comes later.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = {
+        let (stop, http, server, ns) = (stop.clone(), http.clone(), server.clone(), ns.clone());
+        let db = h.db.client().await?;
+        tokio::spawn(async move {
+            let mut samples = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let deleted: Vec<String> = db
+                    .query(
+                        "SELECT uid FROM krateo_resources WHERE namespace = $1 AND resource_plural = 'configmaps' AND deleted_at IS NOT NULL",
+                        &[&ns],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let live = live_configmaps(&http, &server, &ns).await?;
+                if let Some(u) = deleted.iter().find(|u| live.contains_key(*u)) {
+                    anyhow::bail!("a live object was marked deleted: uid {u} (sample {samples})");
+                }
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(samples)
+        })
+    };
+
+    // Churn through the API server: updates, deletes, creates.
+    for round in 0..6 {
+        for i in 0..10 {
+            let url = format!("{server}/api/v1/namespaces/{ns}/configmaps/cm{i}");
+            match (round + i) % 3 {
+                0 => {
+                    let patch = json!({"data": {"k": format!("{round}")}});
+                    http.patch(&url)
+                        .header("Content-Type", "application/merge-patch+json")
+                        .body(patch.to_string())
+                        .send()
+                        .await?;
+                }
+                1 => {
+                    http.delete(&url).send().await?;
+                }
+                _ => {
+                    post(format!("cm{i}")).await.ok();
+                }
+            }
+        }
+        h.plane.kubectl(&["-n", &ns, "get", "cm", "-o", "name"])?;
+    }
+    let t = h.table();
+    let live = live_configmaps(&http, &server, &ns).await?;
+    testkit::eventually("the table converged to the server's configmaps", WAIT, || async {
+        let rows: std::collections::BTreeMap<String, String> = h
+            .db
+            .client()
+            .await
+            .map_err(|e| e.to_string())?
+            .query(
+                "SELECT uid, raw->'metadata'->>'resourceVersion' FROM krateo_resources WHERE namespace = $1 AND resource_plural = 'configmaps' AND deleted_at IS NULL",
+                &[&ns],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        if rows == live {
+            Ok(Some(()))
+        } else {
+            Err(format!("rows {rows:?} vs server {live:?}"))
+        }
+    })
+    .await?;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let samples = monitor.await??;
+    assert!(samples > 0, "the monitor never sampled");
+    assert!(
+        t.count(&format!("namespace = '{ns}' AND deleted_at IS NOT NULL"))
+            .await?
+            > 0
+    );
+    for ing in [&a, &b] {
+        let processed = metric_of(ing, "workerpool_events_processed_total").await?;
+        assert!(
+            processed >= 20.0,
+            "both replicas processed the churn: {processed}"
+        );
+    }
+    Ok(())
+}
