@@ -267,6 +267,18 @@ async fn compaction_and_apiserver_restarts_lose_nothing() -> anyhow::Result<()> 
         names.len() as i64,
         "live rows vs the cluster's {names:?}"
     );
+
+    // The control plane goes away for good: SIGTERM still ends the ingester, exit 0, within
+    // its shutdown budget (SHUTDOWN_TIMEOUT 20 s), everything it had committed.
+    h.plane.stop().await?;
+    let stopped = Instant::now();
+    let status = ing.terminate(Duration::from_secs(40)).await?;
+    assert!(status.success(), "exit {status}\n{}", ing.log());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(25),
+        "shutdown took {:?}",
+        stopped.elapsed()
+    );
     Ok(())
 }
 
