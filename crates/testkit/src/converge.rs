@@ -1,4 +1,5 @@
-//! The convergence checker: kube-sim's objects vs. the rows of `krateo_resources`.
+//! The convergence checker: kube-sim's objects (or a real API server's, [`RealObjects`]) vs.
+//! the rows of `krateo_resources`.
 //! Every live object of a watched scope must have a live row whose `raw` equals it; every
 //! other row of the cluster must have `deleted_at` (rows of scopes nobody watches included,
 //! when asked). Reusable by the benchmark and the randomized run: [`check`] for one verdict,

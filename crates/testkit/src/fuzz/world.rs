@@ -452,26 +452,14 @@ impl World {
                 .await
                 .map_err(|e| format!("harness: restarting the control plane: {e:#}"))?,
             Step::CompactAndRestart => {
-                let rev = plane
-                    .plane
-                    .compact()
-                    .await
-                    .map_err(|e| format!("harness: compacting etcd: {e:#}"))?;
-                self.note(format_args!("  compacted at revision {rev}"));
+                self.compact(&plane).await?;
                 plane
                     .plane
                     .restart()
                     .await
                     .map_err(|e| format!("harness: restarting the control plane: {e:#}"))?;
             }
-            Step::Compact => {
-                let rev = plane
-                    .plane
-                    .compact()
-                    .await
-                    .map_err(|e| format!("harness: compacting etcd: {e:#}"))?;
-                self.note(format_args!("  compacted at revision {rev}"));
-            }
+            Step::Compact => self.compact(&plane).await?,
             Step::LaggingApiserver { replica, delay_ms } => {
                 if *replica >= self.deployment.replicas {
                     return Ok(());
@@ -535,6 +523,20 @@ impl World {
             | Step::LateBookmarks(_)
             | Step::StalledLists(_)
             | Step::StuckWatches => self.note("  (a kube-sim fault: not played on a real server)"),
+        }
+        Ok(())
+    }
+
+    /// Compacts etcd's history to its newest revision. Nothing written since the last
+    /// compaction: etcd answers "required revision has been compacted", which is no finding
+    /// (seeds 28 and 33 of the first real run stopped on it).
+    async fn compact(&mut self, plane: &RealPlane) -> Result<(), String> {
+        match plane.plane.compact().await {
+            Ok(rev) => self.note(format_args!("  compacted at revision {rev}")),
+            Err(e) if format!("{e:#}").contains("required revision has been compacted") => {
+                self.note("  already compacted at the newest revision")
+            }
+            Err(e) => return Err(format!("harness: compacting etcd: {e:#}")),
         }
         Ok(())
     }
