@@ -27,8 +27,9 @@ pub struct RawObject {
     pub composition_label: Option<String>,
     /// `apiVersion` as served (differs from the route's when a CRD version is switched).
     pub api_version: Option<String>,
-    /// `kind` as served: what field policies match (a routes file may spell it otherwise).
-    pub kind: Option<String>,
+    /// Byte range of `kind`'s text inside `json` (what field policies match: a routes file
+    /// may spell the kind otherwise); a range, so no allocation per object.
+    kind: Option<Range<usize>>,
     /// The full object as compact JSON.
     pub json: String,
     /// Byte range of the `.status` value inside `json`.
@@ -44,6 +45,17 @@ impl RawObject {
             let start = s.get().as_ptr() as usize - json.as_ptr() as usize;
             start..start + s.get().len()
         });
+        // `kind` borrows from `json` too: the range of its text between the quotes (a kind
+        // with an escape in it, which no real kind has, is not matched).
+        let kind = env.kind.and_then(|k| {
+            let text = k.get();
+            let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+            if inner.contains('\\') {
+                return None;
+            }
+            let start = inner.as_ptr() as usize - json.as_ptr() as usize;
+            Some(start..start + inner.len())
+        });
         let meta = env.metadata;
         let metadata = ObjectMeta {
             name: meta.name.map(Cow::into_owned),
@@ -58,7 +70,7 @@ impl RawObject {
             deletion_timestamp: meta.deletion_timestamp.map(Cow::into_owned),
             composition_label: meta.labels.0,
             api_version: env.api_version.map(Cow::into_owned),
-            kind: env.kind.map(Cow::into_owned),
+            kind,
             status,
             json,
         })
@@ -81,6 +93,20 @@ impl RawObject {
         if let Ok(obj) = RawObject::from_json(format!("{head}{sep}{body}")) {
             *self = obj;
         }
+    }
+
+    /// Replaces the text after a field policy rewrote it (identity fields are never
+    /// touched): the status range is the policy's; `kind`, read to choose the policy, is not
+    /// looked up again (`kind()` answers `None` from then on).
+    pub fn set_text(&mut self, json: String, status: Option<Range<usize>>) {
+        self.json = json;
+        self.status = status;
+        self.kind = None;
+    }
+
+    /// `kind` as the server sent it.
+    pub fn kind(&self) -> Option<&str> {
+        self.kind.clone().and_then(|r| self.json.get(r))
     }
 
     pub fn status_json(&self) -> Option<&str> {
@@ -162,7 +188,7 @@ struct Envelope<'a> {
     #[serde(borrow, rename = "apiVersion", default)]
     api_version: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<&'a RawValue>,
     #[serde(borrow, default)]
     metadata: SlimMeta<'a>,
     #[serde(borrow, default)]
@@ -238,6 +264,7 @@ mod tests {
         assert_eq!(v["metadata"]["name"], "p");
         assert_eq!(obj.status_json(), Some(r#"{"phase":"Running"}"#));
         assert_eq!(obj.api_version.as_deref(), Some("apps/v1"));
+        assert_eq!(obj.kind(), Some("Deployment"));
     }
 
     const POD: &str = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"ns","uid":"u-1","resourceVersion":"42","creationTimestamp":"2024-01-02T03:04:05Z","labels":{"a":"b","krateo.io/composition-id":"0f9e2c4c-3c1d-4b8e-9a51-1a2b3c4d5e6f"},"managedFields":[{"manager":"x"}]},"spec":{"x":1},"status":{"phase":"Running"}}"#;

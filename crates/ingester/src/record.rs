@@ -190,7 +190,7 @@ pub fn build_record_with(
     };
     // Identity fields are never pruned, so only the text and the status range change. The
     // policy follows the kind the server says the object is, whatever the routes file says.
-    let served_kind = obj.kind.as_deref().unwrap_or(&route.kind);
+    let served_kind = obj.kind().unwrap_or(&route.kind);
     if let Some(applied) = fields.apply(&route.group, served_kind, &obj.json) {
         if applied.redacted > 0 {
             notices.push(Notice::FieldsRedacted(applied.redacted));
@@ -198,8 +198,7 @@ pub fn build_record_with(
         if applied.pruned_bytes > 0 {
             notices.push(Notice::FieldsPruned(applied.pruned_bytes));
         }
-        obj.json = applied.json;
-        obj.status = applied.status;
+        obj.set_text(applied.json, applied.status);
     }
     let name = obj.metadata.name.take().ok_or(RecordError::MissingName)?;
     let Some(uid) = obj.metadata.uid.take() else {
