@@ -285,10 +285,12 @@ pub async fn run_watch(
     }
     // A checkpoint still in flight must not store its point after this watch has ended: the
     // manager sweeps a stopped CRD's scopes and forgets their points right after, and a
-    // point stored later would make the next start resume instead of listing.
+    // point stored later would make the next start resume instead of listing. Stopped, it may
+    // not have stored what `committed` says: the final checkpoint stores it again.
     if let Some(in_flight) = watch.progress.in_flight.take() {
         in_flight.abort();
         let _ = in_flight.await;
+        watch.progress.committed = None;
     }
     if watch.list.is_none() {
         final_checkpoint(&watch.ctx, &watch.progress).await;
