@@ -84,7 +84,7 @@ pub struct Config {
     /// `null` the presenter's composition_id-descending cursor returns wrong rows when the
     /// cursor's value is NULL (see docs/operations.md).
     #[arg(long, env = "COMPOSITION_ID_FALLBACK", default_value = "uid")]
-    pub composition_id_fallback: crate::record::CompositionFallback,
+    pub composition_id_fallback: crate::row::record::CompositionFallback,
 
     /// Replace the values of sensitive kinds (SENSITIVE_KINDS: `data`, `stringData` and the
     /// `kubectl.kubernetes.io/last-applied-configuration` annotation) with a redaction marker
@@ -94,13 +94,13 @@ pub struct Config {
     /// Comma-separated kinds whose values are redacted, as GROUP/Kind (core group empty:
     /// `/Secret`; `example.io/Credential` for a custom resource).
     #[arg(long, env = "SENSITIVE_KINDS", default_value = "/Secret")]
-    pub sensitive_kinds: crate::fields::SensitiveKinds,
+    pub sensitive_kinds: crate::row::fields::SensitiveKinds,
     /// Comma-separated JSON paths dropped before storing: `metadata.managedFields` for every
     /// kind, `apps/Deployment:spec.template.metadata.annotations` for one kind (`\.` for a
     /// dot inside a key; an array applies the rest of the path to each element).
     /// `metadata.labels` is never droppable. Empty: the full object is stored.
     #[arg(long, env = "PRUNE_FIELDS", default_value = "")]
-    pub prune_fields: crate::fields::PruneFields,
+    pub prune_fields: crate::row::fields::PruneFields,
 
     /// Largest number of rows one writer lane sends in one transaction.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -856,7 +856,10 @@ mod tests {
     fn field_policy_settings_default_to_redacting_secrets_and_refuse_pruning_labels() {
         let c = parse(&[]).expect("defaults");
         assert!(c.redact_sensitive);
-        assert_eq!(c.sensitive_kinds, crate::fields::SensitiveKinds::default());
+        assert_eq!(
+            c.sensitive_kinds,
+            crate::row::fields::SensitiveKinds::default()
+        );
         assert!(c.prune_fields.is_empty());
         let c = parse(&[
             "--redact-sensitive",

@@ -2,8 +2,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches};
+use resources_ingester::commands::{check, history, migrate};
 use resources_ingester::config::{CheckOutput, Command, Config, HistoryAction};
-use resources_ingester::{app, check, history, migrate, telemetry};
+use resources_ingester::pipeline::service;
+use resources_ingester::telemetry::logging;
 use tokio_util::sync::CancellationToken;
 
 /// How long the exit waits for tasks still running after the service stopped (a leader that
@@ -47,9 +49,9 @@ fn main() -> ExitCode {
         config.command,
         Some(Command::Check { .. } | Command::History { .. })
     ) {
-        telemetry::init_for_command(config.log_format);
+        logging::init_for_command(config.log_format);
     } else {
-        telemetry::init(config.log_format);
+        logging::init(config.log_format);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -110,7 +112,7 @@ fn main() -> ExitCode {
             runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
             return ExitCode::from(report.exit_code());
         }
-        None => runtime.block_on(app::run(config, CancellationToken::new())),
+        None => runtime.block_on(service::run(config, CancellationToken::new())),
     };
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     match outcome {

@@ -8,13 +8,13 @@ mod common;
 use std::sync::Arc;
 
 use chrono::Utc;
-use resources_ingester::metrics::Metrics;
-use resources_ingester::object::RawObject;
-use resources_ingester::record::{build_record, EventKind, Record};
-use resources_ingester::routes::Route;
+use resources_ingester::row::object::RawObject;
+use resources_ingester::row::record::{build_record, EventKind, Record};
+use resources_ingester::row::routes::Route;
 use resources_ingester::storage::ownership::{retire_uncovered, Coverage};
 use resources_ingester::storage::writer::{BatchWriter, Tombstone, WriterOptions};
 use resources_ingester::storage::Database;
+use resources_ingester::telemetry::metrics::Metrics;
 use testkit::pg::TestDb;
 
 fn record(uid: &str, rv: i64) -> Record {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use resources_ingester::fields::{LAST_APPLIED, REDACTED};
+use resources_ingester::row::fields::{LAST_APPLIED, REDACTED};
 use serde_json::{json, Value};
 
 /// The values of the test Secret, as stored in `data` (base64), in `stringData` (plain) and

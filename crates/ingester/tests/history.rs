@@ -15,12 +15,12 @@ use common::*;
 use futures::StreamExt;
 use krateo_support::Krateo;
 use resources_ingester::config::Config;
-use resources_ingester::metrics::Metrics;
-use resources_ingester::object::RawObject;
-use resources_ingester::record::{build_record, EventKind, Record};
-use resources_ingester::routes::Route;
+use resources_ingester::row::object::RawObject;
+use resources_ingester::row::record::{build_record, EventKind, Record};
+use resources_ingester::row::routes::Route;
 use resources_ingester::storage::writer::{BatchWriter, Tombstone, WriterOptions};
 use resources_ingester::storage::Database;
+use resources_ingester::telemetry::metrics::Metrics;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -946,7 +946,7 @@ async fn the_history_of_a_secret_holds_no_value() -> anyhow::Result<()> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let marker = resources_ingester::fields::REDACTED;
+    let marker = resources_ingester::row::fields::REDACTED;
     assert_eq!(
         keys,
         vec![

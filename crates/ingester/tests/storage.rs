@@ -6,12 +6,12 @@ use std::sync::Arc;
 use chrono::Utc;
 use clap::Parser;
 use resources_ingester::config::Config;
-use resources_ingester::metrics::Metrics;
-use resources_ingester::object::RawObject;
-use resources_ingester::record::{build_record, EventKind, Record};
-use resources_ingester::routes::Route;
+use resources_ingester::row::object::RawObject;
+use resources_ingester::row::record::{build_record, EventKind, Record};
+use resources_ingester::row::routes::Route;
 use resources_ingester::storage::writer::{BatchWriter, Tombstone};
 use resources_ingester::storage::Database;
+use resources_ingester::telemetry::metrics::Metrics;
 use testkit::pg::TestDb;
 
 const UID: &str = "11111111-2222-3333-4444-555555555555";
@@ -329,8 +329,8 @@ async fn a_rejected_record_is_narrowed_down_and_the_batch_lands() -> anyhow::Res
 #[tokio::test]
 async fn a_tombstone_then_an_event_of_the_same_object_keep_their_order_in_a_batch(
 ) -> anyhow::Result<()> {
-    use resources_ingester::health::Health;
-    use resources_ingester::lanes::{LaneSettings, Lanes, WatchedEvent};
+    use resources_ingester::pipeline::health::Health;
+    use resources_ingester::pipeline::lanes::{LaneSettings, Lanes, WatchedEvent};
     let db = TestDb::create().await?;
     let database = Database::connect(&config(&db), 4).await?;
     let metrics = Arc::new(Metrics::new());

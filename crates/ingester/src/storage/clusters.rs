@@ -8,7 +8,7 @@
 
 use tokio_postgres::Client;
 
-use crate::cluster::ClusterIdentity;
+use crate::kubernetes::cluster::ClusterIdentity;
 
 pub const TABLE: &str = "krateo_ingester_clusters";
 
@@ -130,7 +130,7 @@ pub async fn claim(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::IdentitySource;
+    use crate::kubernetes::cluster::IdentitySource;
 
     fn id(s: &str) -> ClusterIdentity {
         ClusterIdentity {

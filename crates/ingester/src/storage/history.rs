@@ -18,8 +18,10 @@ use chrono::{DateTime, Duration as Days, NaiveDate, Utc};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{HistoryMaintained, HistoryMaintenanceFailed, HistoryPartitionCheck};
-use crate::metrics::Metrics;
+use crate::telemetry::events::{
+    HistoryMaintained, HistoryMaintenanceFailed, HistoryPartitionCheck,
+};
+use crate::telemetry::metrics::Metrics;
 
 pub const TABLE: &str = "krateo_resource_history";
 pub const DEFAULT_PARTITION: &str = "krateo_resource_history_default";

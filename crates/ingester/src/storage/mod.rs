@@ -153,7 +153,7 @@ async fn report_transport(client: &tokio_postgres::Client, c: &Config) {
         }
     };
     let Some(encrypted) = encrypted else { return };
-    crate::events::DatabaseTransport {
+    crate::telemetry::events::DatabaseTransport {
         sslmode: c.db_params.sslmode.as_str(),
         encrypted,
         certificate_verified: encrypted

@@ -17,9 +17,9 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use super::feed::{self, Change, Operation};
-use crate::events::{ChangeFeedSkipped, RecordDropped, RecordSanitised};
-use crate::metrics::Metrics;
-use crate::record::Record;
+use crate::row::record::Record;
+use crate::telemetry::events::{ChangeFeedSkipped, RecordDropped, RecordSanitised};
+use crate::telemetry::metrics::Metrics;
 
 const COPY_SQL: &str = "COPY ingester_staging (global_uid, cluster_name, uid, namespace, resource_group, resource_version, resource_kind, resource_plural, resource_name, composition_id, created_at, updated_at, deleted_at, raw, status_raw, object_resource_version) FROM STDIN (FORMAT binary)";
 

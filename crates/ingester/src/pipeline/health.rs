@@ -12,8 +12,8 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::DatabaseReachability;
-use crate::metrics::Metrics;
+use crate::telemetry::events::DatabaseReachability;
+use crate::telemetry::metrics::Metrics;
 
 /// What readiness depends on: PostgreSQL reachable, every static route listed once, and
 /// (with leader election) nothing else: a standby replica is ready to take over.
@@ -134,13 +134,13 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("METRICS_PORT: cannot listen on {metrics_addr}: {e}"))?;
     let c1 = cancel.clone();
-    let probe_server = tokio::spawn(crate::supervisor::named(
+    let probe_server = tokio::spawn(crate::pipeline::supervisor::named(
         "probe server",
         axum::serve(probe_listener, probes)
             .with_graceful_shutdown(c1.cancelled_owned())
             .into_future(),
     ));
-    let metrics_server = tokio::spawn(crate::supervisor::named(
+    let metrics_server = tokio::spawn(crate::pipeline::supervisor::named(
         "metrics server",
         axum::serve(metrics_listener, metrics_app)
             .with_graceful_shutdown(cancel.cancelled_owned())

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::fields::FieldPolicy;
-use crate::object::RawObject;
-use crate::routes::Route;
+use crate::row::fields::FieldPolicy;
+use crate::row::object::RawObject;
+use crate::row::routes::Route;
 
 /// The API group whose objects are compositions: their own UID is their composition id.
 pub const COMPOSITION_GROUP: &str = "composition.krateo.io";
@@ -528,8 +528,8 @@ mod tests {
         assert!(!r.raw.contains("dmFsdWU="), "{}", r.raw);
         assert!(!r.raw.contains("eA=="), "{}", r.raw);
         let v: serde_json::Value = serde_json::from_str(&r.raw).expect("json");
-        assert_eq!(v["data"]["k"], crate::fields::REDACTED);
-        assert_eq!(v["data"]["nul"], crate::fields::REDACTED);
+        assert_eq!(v["data"]["k"], crate::row::fields::REDACTED);
+        assert_eq!(v["data"]["nul"], crate::row::fields::REDACTED);
         assert_eq!(r.status_json(), Some(r#"{"x":1}"#));
         assert_eq!(r.name, "s");
         assert_eq!(r.object_resource_version, Some(3));
@@ -539,7 +539,7 @@ mod tests {
     fn pruning_drops_the_path_and_moves_the_status_range() {
         let policy = FieldPolicy::new(
             true,
-            &crate::fields::SensitiveKinds::default(),
+            &crate::row::fields::SensitiveKinds::default(),
             &"metadata.managedFields".parse().expect("valid"),
         );
         let meta = r#","labels":{"app":"web"},"managedFields":[{"manager":"kubectl"}]"#;

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 
 use chrono::{SecondsFormat, Utc};
 
+use crate::commands::jsondiff::{self, PathChange};
 use crate::config::Config;
-use crate::jsondiff::{self, PathChange};
 use crate::storage::history::{self, Maintained, Version};
 use crate::storage::{self, error_chain};
 

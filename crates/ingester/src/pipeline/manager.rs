@@ -13,11 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Namespaces;
-use crate::crd::{CrdSummary, CrdWatch};
-use crate::routes::ManagedGroups;
+use crate::kubernetes::crd::{CrdSummary, CrdWatch};
+use crate::pipeline::supervisor::named;
+use crate::pipeline::watch::{run_watch, sweep_scope, CrdEvent, WatchContext, WatchSpec};
+use crate::row::routes::ManagedGroups;
 use crate::storage::snapshot::Scope;
-use crate::supervisor::named;
-use crate::watch::{run_watch, sweep_scope, CrdEvent, WatchContext, WatchSpec};
 
 /// A kind, by API group and plural: what sweeps and duplicate checks compare.
 pub type Kind = (String, String);

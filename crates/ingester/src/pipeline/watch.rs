@@ -13,18 +13,18 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::crd::CrdSummary;
-use crate::events::{ListCompleted, Relisting, WatchFailed, WatchResumed, WatchSeries};
-use crate::health::Health;
-use crate::lanes::{Lanes, LanesClosed, WatchedEvent};
-use crate::listwatch::{list_watch, Failure, FailureReason, Settings, Start, Step};
-use crate::metrics::Metrics;
-use crate::object::RawObject;
-use crate::record::{global_uid, EventKind};
-use crate::routes::Route;
+use crate::kubernetes::crd::CrdSummary;
+use crate::kubernetes::listwatch::{list_watch, Failure, FailureReason, Settings, Start, Step};
+use crate::pipeline::health::Health;
+use crate::pipeline::lanes::{Lanes, LanesClosed, WatchedEvent};
+use crate::row::object::RawObject;
+use crate::row::record::{global_uid, EventKind};
+use crate::row::routes::Route;
 use crate::storage::resume;
 use crate::storage::snapshot::{Listed, Scope, ScopeSnapshot};
 use crate::storage::Database;
+use crate::telemetry::events::{ListCompleted, Relisting, WatchFailed, WatchResumed, WatchSeries};
+use crate::telemetry::metrics::Metrics;
 
 /// What every watch shares.
 pub struct WatchContext {
@@ -179,7 +179,7 @@ pub async fn run_watch(
     let series = Arc::new(WatchSeries::new(
         ctx.metrics.clone(),
         label.clone(),
-        crate::metrics::watch_labels(
+        crate::telemetry::metrics::watch_labels(
             &spec.route.group,
             &spec.route.version,
             &spec.route.plural,
@@ -670,19 +670,22 @@ impl Progress {
         let series = series.clone();
         let key = self.key.clone();
         let name = format!("checkpoint {key}");
-        self.in_flight = Some(tokio::spawn(crate::supervisor::named(name, async move {
-            if ctx.lanes.committed().await.is_err() {
-                return;
-            }
-            if let Some((at, rv)) = plan.report {
-                series.committed(at, rv);
-            }
-            if let Some(rv) = plan.store {
-                if let Err(e) = resume::save(&ctx.db.pool, &ctx.cluster, &key, rv).await {
-                    debug!(scope = %key, error = %e, "resume point not stored; a restart lists from an older one");
+        self.in_flight = Some(tokio::spawn(crate::pipeline::supervisor::named(
+            name,
+            async move {
+                if ctx.lanes.committed().await.is_err() {
+                    return;
                 }
-            }
-        })));
+                if let Some((at, rv)) = plan.report {
+                    series.committed(at, rv);
+                }
+                if let Some(rv) = plan.store {
+                    if let Err(e) = resume::save(&ctx.db.pool, &ctx.cluster, &key, rv).await {
+                        debug!(scope = %key, error = %e, "resume point not stored; a restart lists from an older one");
+                    }
+                }
+            },
+        )));
     }
 }
 

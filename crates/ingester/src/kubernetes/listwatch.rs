@@ -15,7 +15,7 @@ use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::info;
 
-use crate::object::RawObject;
+use crate::row::object::RawObject;
 
 /// Server-side watch timeout (`timeoutSeconds`): the server ends the watch after it and the
 /// loop re-watches from where it was.

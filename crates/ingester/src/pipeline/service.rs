@@ -13,26 +13,26 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::events::RowsRetired;
-use crate::health::{self, Health};
-use crate::lanes::{LaneSettings, Lanes};
-use crate::manager::Manager;
-use crate::metrics::Metrics;
-use crate::routes::{
+use crate::pipeline::health::{self, Health};
+use crate::pipeline::lanes::{LaneSettings, Lanes};
+use crate::pipeline::manager::Manager;
+use crate::pipeline::supervisor::{first_panic, install_panic_reporter, named, task_panicked};
+use crate::pipeline::watch::{run_watch, WatchContext, WatchSpec};
+use crate::row::routes::{
     ManagedGroups, Route, StaticRoutes, BUILTIN_MANAGED_GROUPS, BUILTIN_STATIC_ROUTES,
 };
 use crate::storage::ownership::{retire_uncovered, Coverage};
 use crate::storage::writer::{BatchWriter, WriterOptions};
 use crate::storage::Database;
-use crate::supervisor::{first_panic, install_panic_reporter, named, task_panicked};
-use crate::watch::{run_watch, WatchContext, WatchSpec};
+use crate::telemetry::events::RowsRetired;
+use crate::telemetry::metrics::Metrics;
 
 /// Reads a route file (or the built-in text) and logs every skipped line.
 fn load_list<T>(
     what: &str,
     path: Option<&std::path::Path>,
     builtin: &str,
-    parse: impl Fn(&str) -> (T, Vec<crate::routes::SkippedLine>),
+    parse: impl Fn(&str) -> (T, Vec<crate::row::routes::SkippedLine>),
 ) -> anyhow::Result<T> {
     let text = match path {
         Some(p) => std::fs::read_to_string(p)
@@ -116,7 +116,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     metrics.db_up.set(1);
 
     let kube_config = kube_config().await?;
-    let cluster: Arc<str> = Arc::from(crate::cluster::resolve(
+    let cluster: Arc<str> = Arc::from(crate::kubernetes::cluster::resolve(
         config.cluster_name.as_deref(),
         &kube_config,
     ));
@@ -137,7 +137,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .await?;
 
-    let client = crate::apiclient::build(kube_config, metrics.clone(), config.api_compression)?;
+    let client =
+        crate::kubernetes::client::build(kube_config, metrics.clone(), config.api_compression)?;
     // Before the Lease, retiring and any watch: a name another cluster owns writes nothing.
     let claim = claim_cluster_name(&db, &cluster, &config, &client);
     let Some(identity) = unless_stopped(&stop, claim).await? else {
@@ -160,7 +161,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
             Standby::Failed(failure) => {
                 servers.cancel();
-                crate::events::ServiceFailed { failure: &failure }.emit();
+                crate::telemetry::events::ServiceFailed { failure: &failure }.emit();
                 return Err(Stopped::TaskFailed(failure).into());
             }
         }
@@ -222,7 +223,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
 
     info!(cluster = %cluster, "running");
-    crate::supervisor::debug_hooks::spawn_unnamed_panic_if_requested();
+    crate::pipeline::supervisor::debug_hooks::spawn_unnamed_panic_if_requested();
     let failure = tokio::select! {
         failure = stop_or_failure(&stop, &mut server_tasks) => failure,
         _ = lease_lost.cancelled() => return Err(lease_lost_now(&servers, &metrics)),
@@ -240,14 +241,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 /// The field policies of this configuration (redaction, pruning), announced once.
-fn field_policy(config: &Config, metrics: &Metrics) -> Arc<crate::fields::FieldPolicy> {
-    crate::events::FieldPolicyStarted {
+fn field_policy(config: &Config, metrics: &Metrics) -> Arc<crate::row::fields::FieldPolicy> {
+    crate::telemetry::events::FieldPolicyStarted {
         redact: config.redact_sensitive,
         sensitive_kinds: &config.sensitive_kinds.to_string(),
         prune_fields: &config.prune_fields.to_string(),
     }
     .emit(metrics);
-    Arc::new(crate::fields::FieldPolicy::new(
+    Arc::new(crate::row::fields::FieldPolicy::new(
         config.redact_sensitive,
         &config.sensitive_kinds,
         &config.prune_fields,
@@ -270,7 +271,7 @@ async fn stop_or_failure(
 
 /// The Lease this replica holds, renewed by a background keeper until `stop`.
 struct Leadership {
-    keeper: tokio::task::JoinHandle<crate::leader::LeaderElector>,
+    keeper: tokio::task::JoinHandle<crate::kubernetes::lease::LeaderElector>,
     stop: CancellationToken,
 }
 
@@ -302,9 +303,9 @@ async fn stand_by(
     stop: impl std::future::Future<Output = Option<String>>,
 ) -> Standby {
     metrics.is_leader.set(0);
-    let mut elector = crate::leader::LeaderElector::new(
+    let mut elector = crate::kubernetes::lease::LeaderElector::new(
         client.clone(),
-        crate::leader::LeaseSettings::from_config(config),
+        crate::kubernetes::lease::LeaseSettings::from_config(config),
     );
     info!(identity = elector.identity(), lease = %config.lease_name, "leader election on: waiting for the lease");
     tokio::select! {
@@ -330,7 +331,7 @@ fn start_lanes(
     cluster: &Arc<str>,
     metrics: &Arc<Metrics>,
     health: &Arc<Health>,
-    fields: Arc<crate::fields::FieldPolicy>,
+    fields: Arc<crate::row::fields::FieldPolicy>,
 ) -> (Lanes, TaskTracker) {
     let tracker = TaskTracker::new();
     let lanes = Lanes::start(
@@ -447,7 +448,7 @@ impl Pipeline {
     ) -> anyhow::Result<()> {
         match &failure {
             None => info!("shutting down: stopping watches, draining the queue"),
-            Some(failure) => crate::events::ServiceFailed { failure }.emit(),
+            Some(failure) => crate::telemetry::events::ServiceFailed { failure }.emit(),
         }
         self.watches.cancel();
         let deadline = Instant::now() + timeout;
@@ -492,7 +493,7 @@ fn lease_lost_now(servers: &CancellationToken, metrics: &Metrics) -> anyhow::Err
     servers.cancel();
     // The lease keeper's panic ends here too: name it.
     if let Some(failure) = first_panic() {
-        crate::events::ServiceFailed { failure: &failure }.emit();
+        crate::telemetry::events::ServiceFailed { failure: &failure }.emit();
     }
     Stopped::LeaseLost.into()
 }
@@ -501,7 +502,7 @@ fn lease_lost_now(servers: &CancellationToken, metrics: &Metrics) -> anyhow::Err
 /// for the release itself): an API server that does not answer must not hold up the exit;
 /// the Lease then expires on its own.
 async fn release_lease(
-    keeper: tokio::task::JoinHandle<crate::leader::LeaderElector>,
+    keeper: tokio::task::JoinHandle<crate::kubernetes::lease::LeaderElector>,
     lease_lost: &CancellationToken,
     deadline: Instant,
 ) {
@@ -547,15 +548,16 @@ async fn claim_cluster_name(
     cluster: &str,
     config: &Config,
     client: &kube::Client,
-) -> anyhow::Result<crate::cluster::ClusterIdentity> {
-    let identity = crate::cluster::identify(config.cluster_id.as_deref(), client).await?;
+) -> anyhow::Result<crate::kubernetes::cluster::ClusterIdentity> {
+    let identity =
+        crate::kubernetes::cluster::identify(config.cluster_id.as_deref(), client).await?;
     let conn = db
         .pool
         .get()
         .await
         .map_err(|e| anyhow::anyhow!("recording the owner of CLUSTER_NAME: {e}"))?;
     let outcome = crate::storage::clusters::claim(&conn, cluster, &identity).await?;
-    crate::events::ClusterNameOwned {
+    crate::telemetry::events::ClusterNameOwned {
         cluster,
         identity: &identity,
         claimed_now: outcome == crate::storage::clusters::Ownership::Free,
@@ -571,7 +573,7 @@ async fn claim_cluster_name(
 async fn adopt_identity(
     db: &Database,
     cluster: &str,
-    identity: &crate::cluster::ClusterIdentity,
+    identity: &crate::kubernetes::cluster::ClusterIdentity,
 ) -> anyhow::Result<()> {
     use crate::storage::resume::{adopt_identity, Adopted};
     match adopt_identity(&db.pool, cluster, &identity.id)
@@ -635,7 +637,7 @@ async fn run_static_route(
     route: Arc<Route>,
     namespaces: Vec<String>,
     cancel: CancellationToken,
-    crd_events: Option<mpsc::Sender<crate::watch::CrdEvent>>,
+    crd_events: Option<mpsc::Sender<crate::pipeline::watch::CrdEvent>>,
 ) {
     let mut delay = Duration::from_secs(1);
     let mut reported_unavailable = false;
@@ -649,7 +651,7 @@ async fn run_static_route(
         match discovered {
             Ok(served) => break served,
             Err(e) => {
-                crate::events::WatchFailed {
+                crate::telemetry::events::WatchFailed {
                     resource: &route.to_string(),
                     error: &e.message,
                 }
@@ -785,7 +787,7 @@ async fn status_loop(
             .map(|d| d.as_secs_f64())
             .unwrap_or_default();
         let (worst_lag_watch, worst_lag_seconds) = match metrics.committed_at_by_watch.lock() {
-            Ok(board) => crate::metrics::worst_lag(now, board.iter())
+            Ok(board) => crate::telemetry::metrics::worst_lag(now, board.iter())
                 .map(|(w, lag)| (w.to_owned(), (lag * 10.0).round() / 10.0))
                 .unwrap_or_default(),
             Err(_) => Default::default(),

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::routes::{ManagedGroups, Route};
+use crate::row::routes::{ManagedGroups, Route};
 
 /// The fields of a CRD the manager decides on.
 #[derive(Clone, Debug, PartialEq, Eq)]

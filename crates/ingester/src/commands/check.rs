@@ -16,9 +16,9 @@ use kube::api::{ListParams, PostParams, WatchParams};
 use kube::Api;
 use serde::Serialize;
 
-use crate::cluster::{self, ClusterIdentity, KubeSystemRead, NameSource};
 use crate::config::{Config, SslMode};
-use crate::routes::Route;
+use crate::kubernetes::cluster::{self, ClusterIdentity, KubeSystemRead, NameSource};
+use crate::row::routes::Route;
 use crate::storage::clusters::{self, Ownership};
 use crate::storage::schema::{self, Inspection, SchemaError};
 
@@ -608,7 +608,7 @@ async fn database_checks(config: &Config, report: &mut Report) -> Option<tokio_p
 
 /// The API server, routes, groups and cluster lines; the name and identity when known.
 async fn api_checks(config: &Config, report: &mut Report) -> Option<(String, ClusterIdentity)> {
-    let kube_config = match crate::app::kube_config().await {
+    let kube_config = match crate::pipeline::service::kube_config().await {
         Ok(c) => c,
         Err(e) => {
             report.push(line("api server", Status::Fail, e.to_string()));
@@ -618,14 +618,15 @@ async fn api_checks(config: &Config, report: &mut Report) -> Option<(String, Clu
     let url = kube_config.cluster_url.to_string();
     let (name, source) = cluster::detect_name(config.cluster_name.as_deref(), &kube_config);
     // The service's own client (same compression setting), so the check sees what it will see.
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let client = match crate::apiclient::build(kube_config, metrics, config.api_compression) {
-        Ok(c) => c,
-        Err(e) => {
-            report.push(line("api server", Status::Fail, format!("client: {e}")));
-            return None;
-        }
-    };
+    let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::new());
+    let client =
+        match crate::kubernetes::client::build(kube_config, metrics, config.api_compression) {
+            Ok(c) => c,
+            Err(e) => {
+                report.push(line("api server", Status::Fail, format!("client: {e}")));
+                return None;
+            }
+        };
     match client.apiserver_version().await {
         Ok(v) => report.push(line(
             "api server",
@@ -639,7 +640,7 @@ async fn api_checks(config: &Config, report: &mut Report) -> Option<(String, Clu
     }
     report.push(streaming_lists(&client, config.streaming_lists).await);
 
-    match crate::app::load_routes(config) {
+    match crate::pipeline::service::load_routes(config) {
         Ok((routes, groups)) => {
             for route in &routes.routes {
                 report.push(route_check(&client, route, config).await);
@@ -733,7 +734,7 @@ async fn streaming_lists(client: &kube::Client, wanted: bool) -> Check {
 }
 
 async fn route_check(client: &kube::Client, route: &Route, config: &Config) -> Check {
-    let served = crate::app::discover_scope(client, route)
+    let served = crate::pipeline::service::discover_scope(client, route)
         .await
         .map_err(|e| (e.message, e.kind_unavailable));
     let misnamed = served

@@ -12,17 +12,17 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::events::{
+use crate::pipeline::health::Health;
+use crate::row::fields::FieldPolicy;
+use crate::row::object::RawObject;
+use crate::row::record::{build_record_with, CompositionFallback, EventKind, Notice, Record};
+use crate::row::routes::Route;
+use crate::storage::writer::{BatchWriter, Tombstone};
+use crate::telemetry::events::{
     BatchFlushed, BatchWriteFailed, EventProcessed, FieldsPruned, FieldsRedacted,
     InvalidCompositionLabel, NonNumericResourceVersion, RecordDropped, RecordSanitised,
 };
-use crate::fields::FieldPolicy;
-use crate::health::Health;
-use crate::metrics::Metrics;
-use crate::object::RawObject;
-use crate::record::{build_record_with, CompositionFallback, EventKind, Notice, Record};
-use crate::routes::Route;
-use crate::storage::writer::{BatchWriter, Tombstone};
+use crate::telemetry::metrics::Metrics;
 
 /// One watch event, as the watch saw it.
 pub struct WatchedEvent {
@@ -101,7 +101,7 @@ impl Lanes {
                 metrics: metrics.clone(),
                 health: health.clone(),
             };
-            tracker.spawn(crate::supervisor::named(
+            tracker.spawn(crate::pipeline::supervisor::named(
                 format!("writer lane {idx}"),
                 worker.run(rx),
             ));

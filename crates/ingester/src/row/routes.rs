@@ -7,9 +7,9 @@ use std::fmt;
 use std::sync::Arc;
 
 /// The static routes compiled into the binary (overridable with `STATIC_ROUTES_FILE`).
-pub const BUILTIN_STATIC_ROUTES: &str = include_str!("../router/assets/static");
+pub const BUILTIN_STATIC_ROUTES: &str = include_str!("../../router/assets/static");
 /// The managed groups compiled into the binary (overridable with `MANAGED_GROUPS_FILE`).
-pub const BUILTIN_MANAGED_GROUPS: &str = include_str!("../manager/assets/managed_groups");
+pub const BUILTIN_MANAGED_GROUPS: &str = include_str!("../../manager/assets/managed_groups");
 
 /// One watched kind: `group/version/resource/Kind`, plus its scope once discovery told us.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

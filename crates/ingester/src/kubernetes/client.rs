@@ -21,7 +21,7 @@ use kube::client::ClientBuilder;
 use prometheus_client::metrics::counter::Counter;
 use tower::{Layer, Service};
 
-use crate::metrics::{watch_labels, Labels, Metrics};
+use crate::telemetry::metrics::{watch_labels, Labels, Metrics};
 
 /// Builds the client from `config`; `compression` asks the API server for gzip.
 pub fn build(

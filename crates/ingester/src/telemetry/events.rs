@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use crate::metrics::Metrics;
-use crate::record::RecordError;
+use crate::row::record::RecordError;
+use crate::telemetry::metrics::Metrics;
 
 fn label(k: &'static str, v: impl Into<String>) -> Vec<(&'static str, String)> {
     vec![(k, v.into())]
@@ -427,7 +427,7 @@ impl HistoryPartitionCheck<'_> {
 /// owned by another cluster stops start-up with an error instead (storage/clusters.rs).
 pub struct ClusterNameOwned<'a> {
     pub cluster: &'a str,
-    pub identity: &'a crate::cluster::ClusterIdentity,
+    pub identity: &'a crate::kubernetes::cluster::ClusterIdentity,
     pub claimed_now: bool,
 }
 impl ClusterNameOwned<'_> {
@@ -478,14 +478,14 @@ impl DatabaseTransport<'_> {
 /// series, so dashboards show no ghosts of watches that no longer exist.
 pub struct WatchSeries {
     metrics: std::sync::Arc<Metrics>,
-    labels: crate::metrics::Labels,
+    labels: crate::telemetry::metrics::Labels,
     watch: String,
 }
 impl WatchSeries {
     pub fn new(
         metrics: std::sync::Arc<Metrics>,
         watch: String,
-        labels: crate::metrics::Labels,
+        labels: crate::telemetry::metrics::Labels,
     ) -> Self {
         if let Ok(mut running) = metrics.watches_by_label.lock() {
             *running.entry(watch.clone()).or_default() += 1;
@@ -562,7 +562,7 @@ mod tests {
     #[test]
     fn a_watch_series_goes_with_the_last_watch_of_its_scope() {
         let m = std::sync::Arc::new(Metrics::new());
-        let labels = crate::metrics::watch_labels("", "v1", "pods", None);
+        let labels = crate::telemetry::metrics::watch_labels("", "v1", "pods", None);
         let series = "ingester_watch_listed_objects{group=\"\",version=\"v1\",plural=\"pods\",watch_namespace=\"\"} 3";
         let old = WatchSeries::new(m.clone(), "pods".into(), labels.clone());
         old.listed(3);
