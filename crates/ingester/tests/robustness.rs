@@ -118,7 +118,7 @@ async fn a_panicking_task_stops_the_process_and_the_log_names_it() -> anyhow::Re
         ("status log", "task 'status log'"),
         (
             "unnamed",
-            "an unnamed task panicked at crates/ingester/src/supervisor.rs",
+            "an unnamed task panicked at crates/ingester/src/pipeline/supervisor.rs",
         ),
     ] {
         let mut ing = h.spawn(&[("INGESTER_DEBUG_PANIC_TASK", task)])?;

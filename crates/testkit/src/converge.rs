@@ -588,6 +588,67 @@ pub async fn wait_converged(
     }
 }
 
+/// What a table monitor folds its samples into: how many it took, what it found.
+pub trait Findings: Default + Send + 'static {
+    fn samples(&self) -> u64;
+    fn violations(&self) -> &[String];
+}
+
+/// A task that samples the table every `every` until stopped, folding each sample into `F`:
+/// the one loop behind [`RegressionMonitor`] and [`LiveObjectMonitor`].
+pub struct TableMonitor<F: Findings> {
+    shared: Arc<Mutex<F>>,
+    stop: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<F: Findings> TableMonitor<F> {
+    /// Runs `sample` (one read of the table and whatever it is checked against, folded into
+    /// the findings) every `every` until [`Self::finish`].
+    fn spawn<S, Fut>(every: Duration, mut sample: S) -> Self
+    where
+        S: FnMut(Arc<Mutex<F>>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let shared = Arc::new(Mutex::new(F::default()));
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let (shared2, stop2) = (shared.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                sample(shared2.clone()).await;
+                if tokio::time::timeout(every, stop2.notified()).await.is_ok() {
+                    return;
+                }
+            }
+        });
+        TableMonitor { shared, stop, task }
+    }
+
+    /// Violations so far (the monitor keeps sampling).
+    pub fn violations(&self) -> Vec<String> {
+        self.shared
+            .lock()
+            .map(|s| s.violations().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Samples taken so far.
+    pub fn samples(&self) -> u64 {
+        self.shared.lock().map(|s| s.samples()).unwrap_or_default()
+    }
+
+    /// Stops sampling; returns (samples taken, violations).
+    pub async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.notify_one();
+        let TableMonitor { shared, task, .. } = self;
+        let _ = task.await;
+        shared
+            .lock()
+            .map(|s| (s.samples(), s.violations().to_vec()))
+            .unwrap_or_default()
+    }
+}
+
 /// Samples the table while a test runs (every `every`, ~100 ms) and records every row that went
 /// back in time: per `global_uid` the highest `object_resource_version` seen so far; any
 /// later sample with a lower one is a violation (a newer state was overwritten by an older
@@ -595,14 +656,11 @@ pub async fn wait_converged(
 /// regression here (a wrong sweep tombstone repaired by a relist looks like that); whether
 /// it ends in the right state is the checker's verdict. Stop it with
 /// [`RegressionMonitor::finish`].
-pub struct RegressionMonitor {
-    shared: Arc<Mutex<Sampled>>,
-    stop: Arc<tokio::sync::Notify>,
-    task: tokio::task::JoinHandle<()>,
-}
+pub type RegressionMonitor = TableMonitor<Regressions>;
 
+/// The findings of a [`RegressionMonitor`].
 #[derive(Default)]
-struct Sampled {
+pub struct Regressions {
     samples: u64,
     violations: Vec<String>,
     /// global_uid -> highest resourceVersion seen.
@@ -611,7 +669,16 @@ struct Sampled {
     reported: HashSet<(String, i64)>,
 }
 
-impl Sampled {
+impl Findings for Regressions {
+    fn samples(&self) -> u64 {
+        self.samples
+    }
+    fn violations(&self) -> &[String] {
+        &self.violations
+    }
+}
+
+impl Regressions {
     /// Folds one sample in; returns nothing, records violations.
     fn observe(&mut self, global_uid: String, rv: i64) {
         match self.highest.get_mut(&global_uid) {
@@ -631,61 +698,34 @@ impl Sampled {
 
 impl RegressionMonitor {
     pub fn start(db: Client, cluster: &str, every: Duration) -> RegressionMonitor {
-        let shared = Arc::new(Mutex::new(Sampled::default()));
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let (shared2, stop2, cluster) = (shared.clone(), stop.clone(), cluster.to_owned());
-        let task = tokio::spawn(async move {
-            loop {
+        let db = Arc::new(db);
+        let cluster = cluster.to_owned();
+        TableMonitor::spawn(every, move |shared: Arc<Mutex<Regressions>>| {
+            let (db, cluster) = (db.clone(), cluster.clone());
+            async move {
                 // The table may not exist yet, or the query may fail: sample again later.
-                if let Ok(rows) = db
+                let Ok(rows) = db
                     .query(
                         "SELECT global_uid, object_resource_version
                            FROM krateo_resources WHERE cluster_name = $1",
                         &[&cluster],
                     )
                     .await
-                {
-                    let Ok(mut s) = shared2.lock() else { return };
-                    for r in rows {
-                        let (Ok(g), Ok(Some(rv))) =
-                            (r.try_get::<_, String>(0), r.try_get::<_, Option<i64>>(1))
-                        else {
-                            continue;
-                        };
-                        s.observe(g, rv);
-                    }
-                    s.samples += 1;
-                }
-                if tokio::time::timeout(every, stop2.notified()).await.is_ok() {
+                else {
                     return;
+                };
+                let Ok(mut s) = shared.lock() else { return };
+                for r in rows {
+                    let (Ok(g), Ok(Some(rv))) =
+                        (r.try_get::<_, String>(0), r.try_get::<_, Option<i64>>(1))
+                    else {
+                        continue;
+                    };
+                    s.observe(g, rv);
                 }
+                s.samples += 1;
             }
-        });
-        RegressionMonitor { shared, stop, task }
-    }
-
-    /// Violations so far (the monitor keeps sampling).
-    pub fn violations(&self) -> Vec<String> {
-        self.shared
-            .lock()
-            .map(|s| s.violations.clone())
-            .unwrap_or_default()
-    }
-
-    /// Samples taken so far.
-    pub fn samples(&self) -> u64 {
-        self.shared.lock().map(|s| s.samples).unwrap_or_default()
-    }
-
-    /// Stops sampling; returns (samples taken, violations).
-    pub async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.notify_one();
-        let RegressionMonitor { shared, task, .. } = self;
-        let _ = task.await;
-        shared
-            .lock()
-            .map(|s| (s.samples, s.violations.clone()))
-            .unwrap_or_default()
+        })
     }
 }
 
@@ -698,21 +738,27 @@ impl RegressionMonitor {
 /// at, whatever its kind: use it only where no object is meant to lose its row while it exists
 /// (a CRD that stops serving a version, a namespace or route no longer watched, a scope another
 /// instance retires do that by design). Stop it with [`LiveObjectMonitor::finish`].
-pub struct LiveObjectMonitor {
-    shared: Arc<Mutex<LiveSampled>>,
-    stop: Arc<tokio::sync::Notify>,
-    task: tokio::task::JoinHandle<()>,
-}
+pub type LiveObjectMonitor = TableMonitor<LiveDeletions>;
 
+/// The findings of a [`LiveObjectMonitor`].
 #[derive(Default)]
-struct LiveSampled {
+pub struct LiveDeletions {
     samples: u64,
     violations: Vec<String>,
     /// uids already reported: one violation per object, not one per sample.
     reported: HashSet<String>,
 }
 
-impl LiveSampled {
+impl Findings for LiveDeletions {
+    fn samples(&self) -> u64 {
+        self.samples
+    }
+    fn violations(&self) -> &[String] {
+        &self.violations
+    }
+}
+
+impl LiveDeletions {
     /// Folds one sample in: `deleted` rows (uid, description) against the uids live in the
     /// store, read after them.
     fn observe(&mut self, deleted: Vec<(String, String)>, live: &HashSet<String>) {
@@ -749,6 +795,26 @@ impl LiveSource {
     }
 }
 
+/// A row marked deleted: its uid, and how a violation names it.
+fn deleted_row(r: &tokio_postgres::Row) -> Option<(String, String)> {
+    let uid: String = r.try_get(0).ok()?;
+    let s = |i| r.try_get::<_, Option<String>>(i).ok().flatten();
+    let ns = s(2).unwrap_or_default();
+    let what = format!(
+        "{} {}{}{} ({uid}) row rv {} at {}",
+        s(1).unwrap_or_default(),
+        ns,
+        if ns.is_empty() { "" } else { "/" },
+        s(3).unwrap_or_default(),
+        r.try_get::<_, Option<i64>>(4)
+            .ok()
+            .flatten()
+            .map_or("?".to_owned(), |v| v.to_string()),
+        s(5).unwrap_or_default(),
+    );
+    Some((uid, what))
+}
+
 impl LiveObjectMonitor {
     pub fn start(store: Store, db: Client, cluster: &str, every: Duration) -> LiveObjectMonitor {
         Self::start_on(LiveSource::Store(store), db, cluster, every)
@@ -761,13 +827,12 @@ impl LiveObjectMonitor {
         cluster: &str,
         every: Duration,
     ) -> LiveObjectMonitor {
-        let shared = Arc::new(Mutex::new(LiveSampled::default()));
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let (shared2, stop2, cluster) = (shared.clone(), stop.clone(), cluster.to_owned());
-        let task = tokio::spawn(async move {
-            loop {
+        let (db, cluster) = (Arc::new(db), cluster.to_owned());
+        TableMonitor::spawn(every, move |shared: Arc<Mutex<LiveDeletions>>| {
+            let (db, cluster, source) = (db.clone(), cluster.clone(), source.clone());
+            async move {
                 // The table may not exist yet, or the query may fail: sample again later.
-                if let Ok(rows) = db
+                let Ok(rows) = db
                     .query(
                         "SELECT uid, resource_kind, namespace, resource_name,
                                 object_resource_version, deleted_at::text
@@ -776,64 +841,17 @@ impl LiveObjectMonitor {
                         &[&cluster],
                     )
                     .await
-                {
-                    let deleted: Vec<(String, String)> = rows
-                        .iter()
-                        .filter_map(|r| {
-                            let uid: String = r.try_get(0).ok()?;
-                            let s = |i| r.try_get::<_, Option<String>>(i).ok().flatten();
-                            let ns = s(2).unwrap_or_default();
-                            let what = format!(
-                                "{} {}{}{} ({uid}) row rv {} at {}",
-                                s(1).unwrap_or_default(),
-                                ns,
-                                if ns.is_empty() { "" } else { "/" },
-                                s(3).unwrap_or_default(),
-                                r.try_get::<_, Option<i64>>(4)
-                                    .ok()
-                                    .flatten()
-                                    .map_or("?".to_owned(), |v| v.to_string()),
-                                s(5).unwrap_or_default(),
-                            );
-                            Some((uid, what))
-                        })
-                        .collect();
-                    // Read after the rows: see the type's comment.
-                    if let Some(live) = source.live_uids().await {
-                        let Ok(mut s) = shared2.lock() else { return };
-                        s.observe(deleted, &live);
-                    }
-                }
-                if tokio::time::timeout(every, stop2.notified()).await.is_ok() {
+                else {
                     return;
+                };
+                let deleted: Vec<(String, String)> = rows.iter().filter_map(deleted_row).collect();
+                // Read after the rows: see the type's comment.
+                if let Some(live) = source.live_uids().await {
+                    let Ok(mut s) = shared.lock() else { return };
+                    s.observe(deleted, &live);
                 }
             }
-        });
-        LiveObjectMonitor { shared, stop, task }
-    }
-
-    /// Violations so far (the monitor keeps sampling).
-    pub fn violations(&self) -> Vec<String> {
-        self.shared
-            .lock()
-            .map(|s| s.violations.clone())
-            .unwrap_or_default()
-    }
-
-    /// Samples taken so far.
-    pub fn samples(&self) -> u64 {
-        self.shared.lock().map(|s| s.samples).unwrap_or_default()
-    }
-
-    /// Stops sampling; returns (samples taken, violations).
-    pub async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.notify_one();
-        let LiveObjectMonitor { shared, task, .. } = self;
-        let _ = task.await;
-        shared
-            .lock()
-            .map(|s| (s.samples, s.violations.clone()))
-            .unwrap_or_default()
+        })
     }
 
     /// Stops sampling and fails with every violation, or when it never sampled.
@@ -855,7 +873,7 @@ mod tests {
 
     #[test]
     fn a_lower_resource_version_after_a_higher_one_is_a_regression() {
-        let mut s = Sampled::default();
+        let mut s = Regressions::default();
         s.observe("c:a".into(), 5);
         s.observe("c:a".into(), 7);
         s.observe("c:a".into(), 7);
@@ -872,7 +890,7 @@ mod tests {
 
     #[test]
     fn a_deleted_row_of_a_live_object_is_reported_once() {
-        let mut s = LiveSampled::default();
+        let mut s = LiveDeletions::default();
         let live: HashSet<String> = ["a".to_owned(), "b".to_owned()].into();
         let row = |uid: &str| (uid.to_owned(), format!("Pod ns/{uid} ({uid})"));
         // A deleted row whose object is gone is right.
