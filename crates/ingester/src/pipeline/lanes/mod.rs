@@ -2,11 +2,13 @@
 //! goes to the same lane (hash of its uid), so its events stay in order from the watch to the
 //! commit, and each lane's worker builds records, coalesces them and writes its batches on its
 //! own connection. Full lanes back-pressure the watches; nothing is buffered without limit.
+//!
+//! Here: the senders (`Lanes`). `worker.rs`: a lane's loop (receive, build, write, answer).
+//! `batch.rs`: what a lane holds between flushes and when it flushes (no I/O).
 
-use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -15,14 +17,15 @@ use tokio_util::task::TaskTracker;
 use crate::pipeline::health::Health;
 use crate::row::fields::FieldPolicy;
 use crate::row::object::RawObject;
-use crate::row::record::{build_record_with, CompositionFallback, EventKind, Notice, Record};
+use crate::row::record::{CompositionFallback, EventKind};
 use crate::row::routes::Route;
 use crate::storage::writer::{BatchWriter, Tombstone};
-use crate::telemetry::events::{
-    BatchFlushed, BatchWriteFailed, EventProcessed, FieldsPruned, FieldsRedacted,
-    InvalidCompositionLabel, NonNumericResourceVersion, RecordDropped, RecordSanitised,
-};
 use crate::telemetry::metrics::Metrics;
+
+mod batch;
+mod worker;
+
+use worker::LaneWorker;
 
 /// One watch event, as the watch saw it.
 pub struct WatchedEvent {
@@ -198,272 +201,5 @@ impl Lanes {
             wait.await.map_err(|_| LanesClosed)?;
         }
         Ok(())
-    }
-}
-
-/// Records of one batch, one per object (the newest state wins), plus tombstones. The writer
-/// applies the records before the tombstones, so a batch never holds a record that came after
-/// a tombstone of the same object (the lane flushes the batch first).
-#[derive(Default)]
-struct Batch {
-    records: Vec<Record>,
-    index: HashMap<String, usize>,
-    tombstones: Vec<Tombstone>,
-    /// global_uids of `tombstones`.
-    tombstoned: HashSet<String>,
-    /// JSON bytes of the records pushed (replaced ones included: an upper bound).
-    bytes: usize,
-}
-
-impl Batch {
-    fn len(&self) -> usize {
-        self.records.len() + self.tombstones.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn push(&mut self, record: Record) {
-        self.bytes += record.raw.len();
-        match self.index.get(&record.global_uid) {
-            Some(&i) => {
-                let older = matches!(
-                    (record.object_resource_version, self.records[i].object_resource_version),
-                    (Some(new), Some(old)) if new < old
-                );
-                if !older {
-                    self.records[i] = record;
-                }
-            }
-            None => {
-                self.index
-                    .insert(record.global_uid.clone(), self.records.len());
-                self.records.push(record);
-            }
-        }
-    }
-
-    fn push_tombstone(&mut self, tombstone: Tombstone) {
-        self.tombstoned.insert(tombstone.global_uid.clone());
-        self.tombstones.push(tombstone);
-    }
-}
-
-struct LaneWorker {
-    idx: usize,
-    settings: LaneSettings,
-    cluster: Arc<str>,
-    writer: BatchWriter,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-}
-
-impl LaneWorker {
-    async fn run(self, mut rx: mpsc::Receiver<LaneItem>) {
-        let mut batch = Batch::default();
-        let mut barriers: Vec<oneshot::Sender<()>> = Vec::new();
-        let mut committed: Vec<oneshot::Sender<()>> = Vec::new();
-        let mut deadline: Option<tokio::time::Instant> = None;
-        let mut open = true;
-        loop {
-            let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-            let must_flush = batch.len() >= self.settings.batch_size
-                || batch.bytes >= self.settings.batch_bytes
-                || due
-                || !open
-                || !barriers.is_empty();
-            if must_flush {
-                self.flush_batch(&mut batch).await;
-                deadline = None;
-                for ack in barriers.drain(..).chain(committed.drain(..)) {
-                    let _ = ack.send(());
-                }
-                if !open {
-                    break;
-                }
-                continue;
-            }
-            tokio::select! {
-                item = rx.recv() => match item {
-                    None => open = false,
-                    Some(item) => {
-                        self.accept(item, &mut batch, &mut barriers, &mut committed).await;
-                        // Take what is already queued without another trip through select!.
-                        while batch.len() < self.settings.batch_size
-                            && batch.bytes < self.settings.batch_bytes
-                            && barriers.is_empty()
-                        {
-                            match rx.try_recv() {
-                                Ok(item) => self.accept(item, &mut batch, &mut barriers, &mut committed).await,
-                                Err(_) => break,
-                            }
-                        }
-                        if deadline.is_none() && !batch.is_empty() {
-                            deadline = Some(tokio::time::Instant::now() + self.settings.flush_interval);
-                        }
-                    }
-                },
-                _ = sleep_until(deadline) => {}
-            }
-        }
-    }
-
-    /// Writes and empties the batch (nothing when it is empty).
-    async fn flush_batch(&self, batch: &mut Batch) {
-        if batch.is_empty() {
-            return;
-        }
-        let batch = std::mem::take(batch);
-        let n = batch.len() as i64;
-        self.flush(batch).await;
-        self.metrics.pending_batch.dec_by(n);
-    }
-
-    async fn accept(
-        &self,
-        item: LaneItem,
-        batch: &mut Batch,
-        barriers: &mut Vec<oneshot::Sender<()>>,
-        committed: &mut Vec<oneshot::Sender<()>>,
-    ) {
-        let mut before = batch.len();
-        match item {
-            LaneItem::Event(ev, permit) => {
-                if let Some(p) = &permit {
-                    self.metrics
-                        .queue_bytes
-                        .dec_by((p.num_permits() * PERMIT_BYTES) as i64);
-                }
-                drop(permit);
-                self.metrics.queue_depth.dec();
-                let started = Instant::now();
-                let record = self.build(*ev);
-                EventProcessed {
-                    elapsed: started.elapsed(),
-                    ok: record.is_some(),
-                }
-                .emit(&self.metrics);
-                if let Some(record) = record {
-                    if batch.tombstoned.contains(&record.global_uid) {
-                        // The batch applies records before tombstones: commit the tombstone
-                        // of this object first, so the two keep their order.
-                        self.flush_batch(batch).await;
-                        before = 0;
-                    }
-                    batch.push(record);
-                }
-            }
-            LaneItem::Tombstone(t) => {
-                self.metrics.queue_depth.dec();
-                batch.push_tombstone(t);
-            }
-            LaneItem::Barrier(ack) => barriers.push(ack),
-            LaneItem::Committed(ack) => {
-                if batch.is_empty() {
-                    let _ = ack.send(());
-                } else {
-                    committed.push(ack);
-                }
-            }
-        }
-        self.metrics
-            .pending_batch
-            .inc_by((batch.len() - before) as i64);
-    }
-
-    /// The record of an event (`None`: dropped, counted and logged).
-    fn build(&self, ev: WatchedEvent) -> Option<Record> {
-        match build_record_with(
-            ev.object,
-            &ev.route,
-            &self.cluster,
-            ev.kind,
-            ev.observed_at,
-            self.settings.composition_fallback,
-            &self.settings.fields,
-        ) {
-            Ok((record, notices)) => {
-                for n in &notices {
-                    match n {
-                        Notice::InvalidCompositionLabel(v) => InvalidCompositionLabel {
-                            global_uid: &record.global_uid,
-                            value: v,
-                        }
-                        .emit(&self.metrics),
-                        Notice::NulRemoved => RecordSanitised {
-                            global_uid: &record.global_uid,
-                            reason: "nul_in_string",
-                        }
-                        .emit(&self.metrics),
-                        Notice::NonNumericResourceVersion(v) => NonNumericResourceVersion {
-                            global_uid: &record.global_uid,
-                            value: v,
-                        }
-                        .emit(&self.metrics),
-                        Notice::FieldsRedacted(count) => FieldsRedacted {
-                            global_uid: &record.global_uid,
-                            count: *count,
-                        }
-                        .emit(&self.metrics),
-                        Notice::FieldsPruned(bytes) => FieldsPruned {
-                            global_uid: &record.global_uid,
-                            bytes: *bytes,
-                        }
-                        .emit(&self.metrics),
-                    }
-                }
-                Some(record)
-            }
-            Err(e) => {
-                RecordDropped::from_error(&ev.route.plural, &e).emit(&self.metrics);
-                None
-            }
-        }
-    }
-
-    /// Writes the batch, retrying with backoff until it commits: nothing accepted is dropped.
-    async fn flush(&self, batch: Batch) {
-        let mut delay = Duration::from_millis(100);
-        let mut attempt = 0u32;
-        loop {
-            let started = Instant::now();
-            match self.writer.write(&batch.records, &batch.tombstones).await {
-                Ok(stats) => {
-                    self.health.set_db(true, None);
-                    BatchFlushed {
-                        lane: self.idx,
-                        records: batch.records.len(),
-                        rows_written: stats.rows_written,
-                        tombstones: stats.tombstoned,
-                        elapsed: started.elapsed(),
-                    }
-                    .emit(&self.metrics);
-                    return;
-                }
-                Err(e) => {
-                    attempt += 1;
-                    let msg = e.to_string();
-                    self.health.set_db(false, Some(&msg));
-                    BatchWriteFailed {
-                        lane: self.idx,
-                        records: batch.len(),
-                        attempt,
-                        retry_in: delay,
-                        error: &msg,
-                    }
-                    .emit(&self.metrics);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
