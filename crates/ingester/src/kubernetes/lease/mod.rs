@@ -26,9 +26,15 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+mod election;
+mod record;
+
+use election::{Attempt, Keeping, Leadership, Observed, Renewal, Standby, Waiting};
+use record::{holder_spec, LeaseRecord, Next};
 
 /// Settings of one elector.
 #[derive(Clone, Debug)]
@@ -73,84 +79,10 @@ impl LeaseSettings {
     }
 }
 
-/// What ended one wait of the renewal loop.
-enum Renewal {
-    Stopped,
-    DeadlinePassed,
-    /// A try, with the instant it started.
-    Tried(Attempt, Instant),
-}
-
-/// The outcome of one try.
-#[derive(Debug, PartialEq, Eq)]
-enum Attempt {
-    /// We hold the lease (acquired or renewed).
-    Held,
-    /// Another replica holds a lease that has not expired.
-    HeldBy(String),
-    /// Someone wrote the lease between our read and our write, or the API failed.
-    Retry(String),
-}
-
-/// What a replica reads from a Lease's spec (missing fields read as empty or zero).
-#[derive(Debug, Default)]
-struct LeaseRecord {
-    holder: String,
-    renew_time: String,
-    acquire_time: String,
-    duration: Option<Duration>,
-    transitions: i64,
-}
-
-/// What to do with a Lease that exists.
-#[derive(Debug, PartialEq, Eq)]
-enum Next {
-    /// Another replica holds it and its record changed within its duration.
-    StandBy(String),
-    /// It is ours: write a new renewTime, keep acquireTime and transitions.
-    Renew,
-    /// Free (released, or its holder's record unchanged for a whole duration): take it.
-    Take,
-}
-
-impl LeaseRecord {
-    fn of(lease: &DynamicObject) -> LeaseRecord {
-        let spec = lease.data.get("spec").unwrap_or(&Value::Null);
-        let text = |k: &str| spec.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-        LeaseRecord {
-            holder: text("holderIdentity"),
-            renew_time: text("renewTime"),
-            acquire_time: text("acquireTime"),
-            duration: spec
-                .get("leaseDurationSeconds")
-                .and_then(Value::as_u64)
-                .map(Duration::from_secs),
-            transitions: spec
-                .get("leaseTransitions")
-                .and_then(Value::as_i64)
-                .unwrap_or(0),
-        }
-    }
-
-    /// The decision for replica `identity` that has seen this record unchanged for
-    /// `unchanged_for` (the Lease's own duration wins over `default_duration`).
-    fn next(&self, identity: &str, unchanged_for: Duration, default_duration: Duration) -> Next {
-        if self.holder == identity {
-            return Next::Renew;
-        }
-        let duration = self.duration.unwrap_or(default_duration);
-        if !self.holder.is_empty() && unchanged_for < duration {
-            return Next::StandBy(self.holder.clone());
-        }
-        Next::Take
-    }
-}
-
 pub struct LeaderElector {
     api: Api<DynamicObject>,
     s: LeaseSettings,
-    /// The last record seen (holder, renewTime) and when this replica first saw it.
-    observed: Option<((String, String), Instant)>,
+    observed: Observed,
     /// When the last try that left this replica holding the lease started.
     held_since: Option<Instant>,
 }
@@ -175,7 +107,7 @@ impl LeaderElector {
         LeaderElector {
             api,
             s,
-            observed: None,
+            observed: Observed::default(),
             held_since: None,
         }
     }
@@ -184,34 +116,25 @@ impl LeaderElector {
         &self.s.identity
     }
 
-    fn spec(&self, acquire_time: &str, transitions: i64) -> Value {
-        json!({
-            "holderIdentity": self.s.identity,
-            "leaseDurationSeconds": self.s.lease_duration.as_secs().max(1),
-            "acquireTime": acquire_time,
-            "renewTime": now_micro(),
-            "leaseTransitions": transitions,
-        })
-    }
-
     async fn try_acquire_or_renew(&mut self) -> Attempt {
         let current = match self.api.get_opt(&self.s.name).await {
             Ok(c) => c,
             Err(e) => return Attempt::Retry(format!("reading the lease: {e}")),
         };
+        let now = now_micro();
         let Some(mut lease) = current else {
-            return self.create().await;
+            return self.create(&now).await;
         };
         let record = LeaseRecord::of(&lease);
-        let unchanged_for = self.unchanged_for(&record);
+        let unchanged_for = self.observed.unchanged_for(&record, Instant::now());
         let (acquire_time, transitions) =
             match record.next(&self.s.identity, unchanged_for, self.s.lease_duration) {
                 Next::StandBy(holder) => return Attempt::HeldBy(holder),
                 Next::Renew => (record.acquire_time.clone(), record.transitions),
-                Next::Take => (now_micro(), record.transitions + 1),
+                Next::Take => (now.clone(), record.transitions + 1),
             };
         // Replace with the resourceVersion we read: 409 if anyone wrote in between.
-        lease.data["spec"] = self.spec(&acquire_time, transitions);
+        lease.data["spec"] = holder_spec(&self.s, &acquire_time, &now, transitions);
         match self
             .api
             .replace(&self.s.name, &PostParams::default(), &lease)
@@ -219,8 +142,8 @@ impl LeaderElector {
         {
             Ok(written) => {
                 let renew = LeaseRecord::of(&written).renew_time;
-                self.observed = Some(((self.s.identity.clone(), renew), Instant::now()));
-                if record.holder != self.s.identity {
+                self.observed.wrote(&self.s.identity, renew, Instant::now());
+                if !record.is_held_by(&self.s.identity) {
                     info!(lease = %self.s.name, previous = %record.holder, identity = %self.s.identity, "acquired the leader lease");
                 }
                 Attempt::Held
@@ -233,9 +156,9 @@ impl LeaderElector {
     }
 
     /// The first replica to find no Lease creates it, holding it.
-    async fn create(&self) -> Attempt {
+    async fn create(&self, now: &str) -> Attempt {
         let mut obj = DynamicObject::new(&self.s.name, &lease_resource()).within(&self.s.namespace);
-        obj.data = json!({"spec": self.spec(&now_micro(), 0)});
+        obj.data = json!({"spec": holder_spec(&self.s, now, now, 0)});
         match self.api.create(&PostParams::default(), &obj).await {
             Ok(_) => Attempt::Held,
             Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -245,37 +168,23 @@ impl LeaderElector {
         }
     }
 
-    /// How long this replica has seen the lease's record (holder, renewTime) unchanged, on
-    /// its own clock.
-    fn unchanged_for(&mut self, record: &LeaseRecord) -> Duration {
-        let key = (record.holder.clone(), record.renew_time.clone());
-        match &self.observed {
-            Some((seen, at)) if *seen == key => at.elapsed(),
-            _ => {
-                self.observed = Some((key, Instant::now()));
-                Duration::ZERO
-            }
-        }
-    }
-
     /// Waits until this replica holds the lease (to stop waiting, drop the future: between
     /// attempts nothing is held).
     pub async fn acquire(&mut self) {
-        let mut last_holder = String::new();
+        let mut standby = Standby::default();
         loop {
             let started = Instant::now();
-            match self.try_acquire_or_renew().await {
-                Attempt::Held => {
+            let attempt = self.try_acquire_or_renew().await;
+            match standby.tried(attempt) {
+                Waiting::Leads => {
                     self.held_since = Some(started);
                     return;
                 }
-                Attempt::HeldBy(h) => {
-                    if h != last_holder {
-                        info!(lease = %self.s.name, holder = %h, identity = %self.s.identity, "standing by: another replica leads");
-                        last_holder = h;
-                    }
+                Waiting::StandsBy(Some(h)) => {
+                    info!(lease = %self.s.name, holder = %h, identity = %self.s.identity, "standing by: another replica leads");
                 }
-                Attempt::Retry(why) => {
+                Waiting::StandsBy(None) => {}
+                Waiting::Retries(why) => {
                     warn!(lease = %self.s.name, error = %why, "leader election: will retry")
                 }
             }
@@ -288,9 +197,10 @@ impl LeaderElector {
     /// own, so neither the retry period nor a renewal that hangs can push the moment this
     /// replica gives up past it.
     pub async fn keep(mut self, stop: CancellationToken, lost: CancellationToken) -> LeaderElector {
-        let mut renewed_at = self.held_since.unwrap_or_else(Instant::now);
+        let held_since = self.held_since.unwrap_or_else(Instant::now);
+        let mut leadership = Leadership::new(held_since, self.s.renew_deadline);
         loop {
-            let give_up_at = tokio::time::Instant::from_std(renewed_at + self.s.renew_deadline);
+            let give_up_at = tokio::time::Instant::from_std(leadership.give_up_at());
             let due = tokio::select! {
                 _ = stop.cancelled() => Some(Renewal::Stopped),
                 _ = tokio::time::sleep_until(give_up_at) => Some(Renewal::DeadlinePassed),
@@ -307,18 +217,18 @@ impl LeaderElector {
                     }
                 }
             };
-            match step {
-                Renewal::Stopped => return self,
-                Renewal::Tried(Attempt::Held, started) => renewed_at = started,
-                Renewal::Tried(Attempt::HeldBy(h), _) => {
+            match leadership.after(step) {
+                Keeping::Renewed => {}
+                Keeping::Failed(why) => {
+                    warn!(lease = %self.s.name, error = %why, "renewing the leader lease failed")
+                }
+                Keeping::Stopped => return self,
+                Keeping::LostTo(h) => {
                     warn!(lease = %self.s.name, holder = %h, "lost the leader lease to another replica");
                     lost.cancel();
                     return self;
                 }
-                Renewal::Tried(Attempt::Retry(why), _) => {
-                    warn!(lease = %self.s.name, error = %why, "renewing the leader lease failed")
-                }
-                Renewal::DeadlinePassed => {
+                Keeping::DeadlinePassed => {
                     warn!(lease = %self.s.name, deadline = ?self.s.renew_deadline, "could not renew the leader lease in time: giving up leadership");
                     lost.cancel();
                     return self;
@@ -332,18 +242,10 @@ impl LeaderElector {
         let Ok(Some(mut lease)) = self.api.get_opt(&self.s.name).await else {
             return;
         };
-        let holder = lease
-            .data
-            .pointer("/spec/holderIdentity")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if holder != self.s.identity {
+        if !LeaseRecord::of(&lease).is_held_by(&self.s.identity) {
             return;
         }
-        let spec = &mut lease.data["spec"];
-        spec["holderIdentity"] = json!("");
-        spec["leaseDurationSeconds"] = json!(1);
-        spec["renewTime"] = json!(now_micro());
+        record::release(&mut lease.data["spec"], &now_micro());
         match self
             .api
             .replace(&self.s.name, &PostParams::default(), &lease)
@@ -354,68 +256,5 @@ impl LeaderElector {
                 warn!(lease = %self.s.name, error = %e, "releasing the leader lease failed; it expires on its own")
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn held_by(holder: &str, duration: Option<u64>) -> LeaseRecord {
-        LeaseRecord {
-            holder: holder.into(),
-            duration: duration.map(Duration::from_secs),
-            transitions: 3,
-            ..LeaseRecord::default()
-        }
-    }
-
-    const DEFAULT: Duration = Duration::from_secs(15);
-
-    #[test]
-    fn another_holder_is_waited_for_until_its_record_stays_unchanged_for_its_duration() {
-        let lease = held_by("b", Some(10));
-        let fresh = lease.next("a", Duration::from_secs(9), DEFAULT);
-        assert_eq!(fresh, Next::StandBy("b".into()));
-        // The Lease's own duration counts, not this replica's setting.
-        assert_eq!(
-            lease.next("a", Duration::from_secs(10), DEFAULT),
-            Next::Take
-        );
-        let no_duration = held_by("b", None);
-        assert_eq!(
-            no_duration.next("a", Duration::from_secs(10), DEFAULT),
-            Next::StandBy("b".into())
-        );
-        assert_eq!(no_duration.next("a", DEFAULT, DEFAULT), Next::Take);
-    }
-
-    #[test]
-    fn a_released_lease_is_taken_at_once_and_our_own_is_renewed() {
-        assert_eq!(
-            held_by("", Some(10)).next("a", Duration::ZERO, DEFAULT),
-            Next::Take
-        );
-        assert_eq!(
-            held_by("a", Some(10)).next("a", Duration::ZERO, DEFAULT),
-            Next::Renew
-        );
-        // Even when this replica's view of its own record is old.
-        assert_eq!(
-            held_by("a", Some(10)).next("a", Duration::from_secs(60), DEFAULT),
-            Next::Renew
-        );
-    }
-
-    #[test]
-    fn missing_fields_read_as_empty() {
-        let lease: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": "l"}, "spec": {"holderIdentity": "b", "leaseTransitions": 2}
-        }))
-        .expect("a Lease");
-        let r = LeaseRecord::of(&lease);
-        assert_eq!((r.holder.as_str(), r.transitions), ("b", 2));
-        assert_eq!((r.renew_time.as_str(), r.duration), ("", None));
     }
 }
