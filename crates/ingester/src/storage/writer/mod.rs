@@ -2,7 +2,6 @@
 //! one set-based upsert on `global_uid` guarded by `object_resource_version`, then the
 //! tombstones (objects a list no longer has). A batch PostgreSQL rejects for its data is
 //! bisected down to the offending record, which is stored as a stub or dropped.
-
 //!
 //! The statements (and how each is run) are in statements.rs, the classification of errors
 //! into "the rows' fault", "the feed's" or "the environment's" in verdict.rs; here is the flush
