@@ -79,11 +79,9 @@ async fn kubectl_changes_and_the_controllers_cascades_reach_the_table() -> anyho
         t.wait_row(&uid(&ns_obj), "namespace deleted", |_, d| d)
             .await?;
     }
-    let m = ing.metrics().await.map_err(anyhow::Error::msg)?;
     assert_eq!(
-        testkit::process::metric_value(&m, "workerpool_events_errors_total"),
-        Some(0.0),
-        "{m}"
+        ing.read_metric("workerpool_events_errors_total").await?,
+        0.0
     );
     Ok(())
 }
@@ -161,18 +159,17 @@ async fn a_restart_with_resume_points_is_ready_in_seconds_with_the_changes_made_
         ready_after < Duration::from_secs(20),
         "ready only after {ready_after:?}: waited for the watch cache's periodic bookmark"
     );
-    let m = ing.metrics().await.map_err(anyhow::Error::msg)?;
-    let resumed =
-        testkit::process::metric_value(&m, "ingester_watch_resumes_total{outcome=\"resumed\"}")
-            .unwrap_or(0.0);
+    let resumed = ing
+        .read_metric("ingester_watch_resumes_total{outcome=\"resumed\"}")
+        .await?;
     assert!(
         resumed >= SCOPES_TWO_NAMESPACES as f64 - 1.0,
-        "the watches resumed (the CRD watch always lists): {m}"
+        "the watches resumed (the CRD watch always lists): {resumed}"
     );
     assert_eq!(
-        testkit::process::metric_value(&m, "ingester_sweep_deletes_total"),
-        Some(0.0),
-        "the delete came as an event of the resumed watch, not from a list: {m}"
+        ing.read_metric("ingester_sweep_deletes_total").await?,
+        0.0,
+        "the delete came as an event of the resumed watch, not from a list"
     );
     Ok(())
 }
@@ -221,17 +218,15 @@ async fn compaction_and_apiserver_restarts_lose_nothing() -> anyhow::Result<()> 
         !d && raw == &created
     })
     .await?;
-    let m = ing.metrics().await.map_err(anyhow::Error::msg)?;
+    let expired = ing
+        .read_metric("ingester_watch_resumes_total{outcome=\"expired\"}")
+        .await?;
     assert!(
-        testkit::process::metric_value(&m, "ingester_watch_resumes_total{outcome=\"expired\"}")
-            .unwrap_or(0.0)
-            >= 1.0,
-        "the configmaps' resume point was past the compaction: 410, then a list: {m}"
+        expired >= 1.0,
+        "the configmaps' resume point was past the compaction: 410, then a list ({expired})"
     );
-    assert!(
-        testkit::process::metric_value(&m, "ingester_sweep_deletes_total").unwrap_or(0.0) >= 2.0,
-        "{m}"
-    );
+    let swept = ing.read_metric("ingester_sweep_deletes_total").await?;
+    assert!(swept >= 2.0, "sweep deletes: {swept}");
 
     // The API server restarts under a running ingester: its watches break and the new
     // server's cache starts empty. Changes after the restart still arrive.
@@ -301,13 +296,6 @@ async fn configmaps_resume_point_past(h: &RealHarness, newest: i64) -> anyhow::R
     .map(drop)
 }
 
-/// A metric of a running ingester; a missing series or an unanswered `/metrics` is an error.
-async fn metric_of(ing: &testkit::process::IngesterProcess, series: &str) -> anyhow::Result<f64> {
-    let text = ing.metrics().await.map_err(anyhow::Error::msg)?;
-    testkit::process::metric_value(&text, series)
-        .ok_or_else(|| anyhow::anyhow!("no series {series} in:\n{text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_with_the_charts_rbac_and_a_service_account_token() -> anyhow::Result<()> {
     let Some(h) = RealHarness::own().await? else {
@@ -340,7 +328,7 @@ async fn leader_election_with_the_charts_rbac_and_a_service_account_token() -> a
     };
     let mut a = h.start_ready(&replica("replica-a")).await?;
     testkit::eventually("replica-a leads", WAIT, || async {
-        Ok((metric_of(&a, "ingester_leader").await.ok() == Some(1.0)).then_some(()))
+        Ok((a.read_metric("ingester_leader").await.ok() == Some(1.0)).then_some(()))
     })
     .await?;
     let b = h.start_ready(&replica("replica-b")).await?;
@@ -352,9 +340,9 @@ async fn leader_election_with_the_charts_rbac_and_a_service_account_token() -> a
         !d && raw == &during
     })
     .await?;
-    assert_eq!(metric_of(&b, "ingester_leader").await?, 0.0, "b stands by");
+    assert_eq!(b.read_metric("ingester_leader").await?, 0.0, "b stands by");
     assert_eq!(
-        metric_of(&b, "ingester_rows_written_total").await?,
+        b.read_metric("ingester_rows_written_total").await?,
         0.0,
         "the standby writes nothing"
     );
@@ -378,7 +366,7 @@ async fn leader_election_with_the_charts_rbac_and_a_service_account_token() -> a
         a.log()
     );
     testkit::eventually("replica-b takes over", WAIT, || async {
-        Ok((metric_of(&b, "ingester_leader").await.ok() == Some(1.0)).then_some(()))
+        Ok((b.read_metric("ingester_leader").await.ok() == Some(1.0)).then_some(()))
     })
     .await?;
     assert_eq!(holder(&h)?, "replica-b");
@@ -543,11 +531,9 @@ async fn the_crd_manager_follows_a_real_crd_life_cycle() -> anyhow::Result<()> {
         t.wait_row(&uid(o), "deleted with its CRD", |_, d| d)
             .await?;
     }
-    let m = ing.metrics().await.map_err(anyhow::Error::msg)?;
     assert_eq!(
-        testkit::process::metric_value(&m, "workerpool_events_errors_total"),
-        Some(0.0),
-        "{m}"
+        ing.read_metric("workerpool_events_errors_total").await?,
+        0.0
     );
     Ok(())
 }
@@ -681,7 +667,7 @@ async fn two_replicas_writing_at_once_converge_and_never_mark_a_live_object_dele
             > 0
     );
     for ing in [&a, &b] {
-        let processed = metric_of(ing, "workerpool_events_processed_total").await?;
+        let processed = ing.read_metric("workerpool_events_processed_total").await?;
         assert!(
             processed >= 20.0,
             "both replicas processed the churn: {processed}"

@@ -47,9 +47,7 @@ impl Harness {
     }
 
     pub async fn start_ready(&self, extra: &[(&str, &str)]) -> anyhow::Result<IngesterProcess> {
-        let mut p = self.spawn(extra)?;
-        p.wait_ready(WAIT).await?;
-        Ok(p)
+        start_ingester_ready(&self.env(extra)).await
     }
 
     /// The table of this test's database.
@@ -180,6 +178,13 @@ pub fn spawn_ingester(env: &[(String, String)]) -> anyhow::Result<IngesterProces
         std::path::Path::new(env!("CARGO_BIN_EXE_resources-ingester")),
         env,
     )
+}
+
+/// [`spawn_ingester`], then waits until `/readyz` answers 200.
+pub async fn start_ingester_ready(env: &[(String, String)]) -> anyhow::Result<IngesterProcess> {
+    let mut p = spawn_ingester(env)?;
+    p.wait_ready(WAIT).await?;
+    Ok(p)
 }
 
 pub fn uid(v: &Value) -> String {

@@ -10,7 +10,7 @@ use testkit::pg::TestDb;
 use testkit::process::IngesterProcess;
 use testkit::realkube::ControlPlane;
 
-use super::{ingester_env, spawn_ingester, Table, WAIT};
+use super::{ingester_env, spawn_ingester, start_ingester_ready, Table, WAIT};
 
 pub struct RealHarness {
     pub plane: Arc<ControlPlane>,
@@ -49,9 +49,7 @@ impl RealHarness {
     }
 
     pub async fn start_ready(&self, extra: &[(&str, &str)]) -> anyhow::Result<IngesterProcess> {
-        let mut p = self.spawn(extra)?;
-        p.wait_ready(WAIT).await?;
-        Ok(p)
+        start_ingester_ready(&self.env(extra)).await
     }
 
     pub fn table(&self) -> Table<'_> {
