@@ -251,6 +251,9 @@ impl World {
 
     pub async fn apply(&mut self, step: &Step) -> Result<(), String> {
         self.note(format_args!("{step:?}"));
+        if self.apply_harness_step(step).await? {
+            return Ok(());
+        }
         if let Some(plane) = self.real_plane() {
             return self.apply_real(step, plane).await;
         }
@@ -321,35 +324,13 @@ impl World {
                 store.set_stuck_watches(true);
                 self.api_faults = true;
             }
-            Step::DbCut => {
-                self.proxy.cut();
-                self.db_cut = true;
-            }
-            Step::DbRestore => {
-                self.proxy.restore();
-                self.db_cut = false;
-            }
-            Step::Sigterm { replica, restart } => {
-                self.stop_replica(*replica, true).await?;
-                if *restart {
-                    self.start_replica(*replica)?;
-                }
-            }
-            Step::Sigkill { replica, restart } => {
-                self.stop_replica(*replica, false).await?;
-                if *restart {
-                    self.start_replica(*replica)?;
-                }
-            }
-            Step::Redeploy(d) => {
-                for r in 0..self.replicas.len() {
-                    self.stop_replica(r, true).await?;
-                }
-                self.deployment = d.clone();
-                self.note(format_args!("deployment: {}", d.describe()));
-                self.start_deployment().await?;
-            }
-            Step::Pause(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
+            // Played by `apply_harness_step`.
+            Step::DbCut
+            | Step::DbRestore
+            | Step::Sigterm { .. }
+            | Step::Sigkill { .. }
+            | Step::Redeploy(_)
+            | Step::Pause(_) => {}
             Step::ApiServerRestart
             | Step::CompactAndRestart
             | Step::Compact
@@ -359,6 +340,42 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// A step on the harness's own parts (the database link, the ingester processes, the
+    /// deployment, time), played alike on kube-sim and a real control plane; false for the
+    /// others.
+    async fn apply_harness_step(&mut self, step: &Step) -> Result<bool, String> {
+        match step {
+            Step::DbCut => {
+                self.proxy.cut();
+                self.db_cut = true;
+            }
+            Step::DbRestore => {
+                self.proxy.restore();
+                self.db_cut = false;
+            }
+            Step::Sigterm { replica, restart } | Step::Sigkill { replica, restart } => {
+                let sigterm = matches!(step, Step::Sigterm { .. });
+                self.stop_replica(*replica, sigterm).await?;
+                if *restart {
+                    self.start_replica(*replica)?;
+                }
+            }
+            Step::Redeploy(d) => {
+                for r in 0..self.replicas.len() {
+                    self.stop_replica(r, true).await?;
+                }
+                self.deployment = d.clone();
+                // Replicas of the new deployment start on the control plane's own server.
+                self.on_lagging.clear();
+                self.note(format_args!("deployment: {}", d.describe()));
+                self.start_deployment().await?;
+            }
+            Step::Pause(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     /// A step against the real control plane: changes go to the model and to the real API
@@ -483,36 +500,13 @@ impl World {
                 ));
                 self.start_replica(*replica)?;
             }
-            Step::DbCut => {
-                self.proxy.cut();
-                self.db_cut = true;
-            }
-            Step::DbRestore => {
-                self.proxy.restore();
-                self.db_cut = false;
-            }
-            Step::Sigterm { replica, restart } => {
-                self.stop_replica(*replica, true).await?;
-                if *restart {
-                    self.start_replica(*replica)?;
-                }
-            }
-            Step::Sigkill { replica, restart } => {
-                self.stop_replica(*replica, false).await?;
-                if *restart {
-                    self.start_replica(*replica)?;
-                }
-            }
-            Step::Redeploy(d) => {
-                for r in 0..self.replicas.len() {
-                    self.stop_replica(r, true).await?;
-                }
-                self.deployment = d.clone();
-                self.on_lagging.clear();
-                self.note(format_args!("deployment: {}", d.describe()));
-                self.start_deployment().await?;
-            }
-            Step::Pause(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
+            // Played by `apply_harness_step`.
+            Step::DbCut
+            | Step::DbRestore
+            | Step::Sigterm { .. }
+            | Step::Sigkill { .. }
+            | Step::Redeploy(_)
+            | Step::Pause(_) => {}
             Step::DropWatches
             | Step::CompactHistory
             | Step::ApiErrors(_)
