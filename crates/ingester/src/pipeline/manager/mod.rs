@@ -2,6 +2,13 @@
 //! storage version, else its first served one), switches it when the CRD changes, stops it
 //! when the CRD goes or serves nothing, and marks the custom resources of a gone CRD deleted
 //! (only rows not newer than the moment it was seen gone).
+//!
+//! The decisions are `CrdWatches`'s (state.rs: pure, tested without a server); `Manager` is
+//! the loop that performs them.
+
+mod state;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,38 +20,27 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Namespaces;
-use crate::kubernetes::crd::{CrdSummary, CrdWatch};
+use crate::kubernetes::crd::CrdWatch;
 use crate::pipeline::supervisor::named;
 use crate::pipeline::watch::{run_watch, sweep_scope, CrdEvent, WatchContext, WatchSpec};
-use crate::row::routes::ManagedGroups;
+use crate::row::routes::{ManagedGroups, Route};
 use crate::storage::snapshot::Scope;
 
-/// A kind, by API group and plural: what sweeps and duplicate checks compare.
-pub type Kind = (String, String);
+pub use state::Kind;
+use state::{Action, CrdWatches, LiveKind, OrphanSweep};
 
-struct Running {
-    watch: CrdWatch,
+/// The tasks of one CRD's watch (one per namespace when `NAMESPACES` is set).
+struct WatchTasks {
+    route: Arc<Route>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// The loop that performs what `CrdWatches` decides: starts and stops the watches, sweeps.
 pub struct Manager {
     ctx: Arc<WatchContext>,
-    groups: ManagedGroups,
-    namespaces: Namespaces,
-    /// Kinds the static routes already watch: a CRD of one of them gets no second watch
-    /// (two watches of one scope would fight over its rows).
-    static_kinds: HashSet<Kind>,
-    running: HashMap<String, Running>,
-    /// CRD names seen since the current list started.
-    listing: Option<HashSet<String>>,
-    /// Kinds served by a CRD, as of the last complete list and the events since.
-    crd_kinds: HashSet<Kind>,
-    /// The same, collected while a list is in progress.
-    listing_kinds: HashSet<Kind>,
-    /// The resourceVersion of the last complete CRD list, while the sweep of kinds whose CRD
-    /// is gone is still owed (it failed and is retried).
-    orphan_sweep_owed: Option<Option<i64>>,
+    state: CrdWatches,
+    running: HashMap<String, WatchTasks>,
     cancel: CancellationToken,
 }
 
@@ -63,14 +59,8 @@ impl Manager {
     ) -> Self {
         Self {
             ctx,
-            groups,
-            namespaces,
-            static_kinds,
+            state: CrdWatches::new(groups, namespaces, static_kinds),
             running: HashMap::new(),
-            listing: None,
-            crd_kinds: HashSet::new(),
-            listing_kinds: HashSet::new(),
-            orphan_sweep_owed: None,
             cancel,
         }
     }
@@ -78,7 +68,7 @@ impl Manager {
     pub async fn run(mut self, mut events: mpsc::Receiver<CrdEvent>) {
         loop {
             let retry = async {
-                match self.orphan_sweep_owed {
+                match self.state.orphan_sweep_owed() {
                     Some(_) => tokio::time::sleep(ORPHAN_SWEEP_RETRY).await,
                     None => std::future::pending().await,
                 }
@@ -92,14 +82,8 @@ impl Manager {
                 e = events.recv() => e,
             };
             let Some(event) = event else { break };
-            match event {
-                CrdEvent::ListStarted => {
-                    self.listing = Some(HashSet::new());
-                    self.listing_kinds.clear();
-                }
-                CrdEvent::Applied(crd) => self.applied(crd).await,
-                CrdEvent::Deleted(crd) => self.deleted(crd).await,
-                CrdEvent::ListDone { resource_version } => self.list_done(resource_version).await,
+            for action in self.state.next(event) {
+                self.perform(action).await;
             }
         }
         for (_, r) in self.running.drain() {
@@ -110,51 +94,31 @@ impl Manager {
         }
     }
 
-    async fn applied(&mut self, crd: CrdSummary) {
-        let kind = (crd.group.clone(), crd.plural.clone());
-        if let Some(seen) = self.listing.as_mut() {
-            seen.insert(crd.name.clone());
-            self.listing_kinds.insert(kind.clone());
-        }
-        self.crd_kinds.insert(kind.clone());
-        if crd.is_managed(&self.groups) && self.static_kinds.contains(&kind) {
-            if !self.running.contains_key(&crd.name) {
-                warn!(crd = %crd.name, "this kind is also a static route: the static route watches it; no second watch");
+    async fn perform(&mut self, action: Action) {
+        match action {
+            Action::Stop { crd } => self.stop(&crd).await,
+            Action::Start { crd, watch } => self.start(crd, watch),
+            Action::Sweep {
+                kind,
+                namespace,
+                seen_gone_at,
+            } => self.sweep_kind(&kind, namespace, seen_gone_at).await,
+            Action::SweepOrphans => self.sweep_orphans().await,
+            Action::LeftToStaticRoute { crd } => {
+                warn!(crd = %crd, "this kind is also a static route: the static route watches it; no second watch");
             }
-            return;
-        }
-        // A terminating CRD still serves until its objects are gone; keep watching so their
-        // DELETED events land, and sweep when the CRD itself is deleted.
-        match (self.running.get(&crd.name), crd.desired_watch(&self.groups)) {
-            (Some(r), Some(w)) if r.watch == w => {}
-            (_, Some(w)) => {
-                self.stop(&crd.name).await;
-                self.start(crd.name, w);
-            }
-            (Some(_), None) => {
-                // No version served any more: its objects cannot be read, the same as gone.
-                self.stop(&crd.name).await;
-                self.sweep_kind(&kind, None, crd.resource_version).await;
-            }
-            (None, None) => {}
-        }
-    }
-
-    async fn deleted(&mut self, crd: CrdSummary) {
-        self.stop(&crd.name).await;
-        let kind = (crd.group.clone(), crd.plural.clone());
-        self.crd_kinds.remove(&kind);
-        // Swept even when not running (a CRD that had stopped serving, then was deleted).
-        if crd.is_managed(&self.groups) && !self.static_kinds.contains(&kind) {
-            self.sweep_kind(&kind, None, crd.resource_version).await;
         }
     }
 
     fn start(&mut self, crd: String, watch: CrdWatch) {
         let cancel = self.cancel.child_token();
-        let route = Arc::new(watch.route.clone());
-        let specs =
-            WatchSpec::for_route(route.clone(), watch.namespaced, &self.namespaces.0, false);
+        let route = Arc::new(watch.route);
+        let specs = WatchSpec::for_route(
+            route.clone(),
+            watch.namespaced,
+            &self.state.namespaces().0,
+            false,
+        );
         info!(crd = %crd, route = %route, watches = specs.len(), "starting custom resource watch");
         let tasks = specs
             .into_iter()
@@ -167,8 +131,8 @@ impl Manager {
             .collect();
         self.running.insert(
             crd,
-            Running {
-                watch,
+            WatchTasks {
+                route,
                 cancel,
                 tasks,
             },
@@ -184,7 +148,7 @@ impl Manager {
         let Some(r) = self.running.remove(crd) else {
             return;
         };
-        info!(crd = %crd, route = %r.watch.route, "stopping custom resource watch");
+        info!(crd = %crd, route = %r.route, "stopping custom resource watch");
         r.cancel.cancel();
         let stopped = async {
             for t in r.tasks {
@@ -200,14 +164,12 @@ impl Manager {
             .await
             .is_err()
         {
-            info!(crd = %crd, route = %r.watch.route, "waiting for the stopped watch's changes to be committed before this CRD is watched again");
+            info!(crd = %crd, route = %r.route, "waiting for the stopped watch's changes to be committed before this CRD is watched again");
             stopped.await;
         }
     }
 
-    /// Marks the rows of a kind whose CRD is gone deleted, in every namespace (`None`: the
-    /// objects of a gone CRD are gone everywhere) or in one, but only rows not newer than
-    /// `seen_gone_at`.
+    /// Marks the rows of a kind whose CRD is gone deleted (see `Action::Sweep`).
     async fn sweep_kind(&self, kind: &Kind, namespace: Option<String>, seen_gone_at: Option<i64>) {
         let scope = Scope {
             cluster: self.ctx.cluster.to_string(),
@@ -220,103 +182,39 @@ impl Manager {
         let _ = sweep_scope(&self.ctx, &scope, seen_gone_at, &self.cancel).await;
     }
 
-    async fn list_done(&mut self, resource_version: Option<i64>) {
-        let Some(seen) = self.listing.take() else {
-            return;
-        };
-        self.crd_kinds = std::mem::take(&mut self.listing_kinds);
-        let gone: Vec<String> = self
-            .running
-            .keys()
-            .filter(|n| !seen.contains(*n))
-            .cloned()
-            .collect();
-        for name in gone {
-            if let Some(r) = self.running.get(&name) {
-                let kind = (r.watch.route.group.clone(), r.watch.route.plural.clone());
-                self.stop(&name).await;
-                self.sweep_kind(&kind, None, resource_version).await;
-            }
-        }
-        self.orphan_sweep_owed = Some(resource_version);
-        self.sweep_orphans().await;
-    }
-
-    /// Rows of managed groups whose kind nobody watches (its CRD deleted while we were not
-    /// running, or no longer served) are marked deleted after every complete CRD list,
-    /// retried until it succeeds.
+    /// Performs the owed orphan sweep (see `CrdWatches::orphan_sweeps`); retried until it
+    /// succeeds.
     async fn sweep_orphans(&mut self) {
-        let Some(list_rv) = self.orphan_sweep_owed else {
+        let Some(list_rv) = self.state.orphan_sweep_owed() else {
             return;
         };
-        let groups: Vec<String> = self
-            .groups
-            .iter()
-            .map(str::to_owned)
-            .chain(self.static_kinds.iter().map(|k| k.0.clone()))
-            .filter(|g| !g.is_empty())
-            .collect();
-        let live = match live_kinds(&self.ctx, &groups).await {
+        let live = match live_kinds(&self.ctx, &self.state.orphan_groups()).await {
             Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, retry_in = ?ORPHAN_SWEEP_RETRY, "cannot look for custom resources of deleted CRDs; retrying");
                 return;
             }
         };
-        let watched: HashSet<Kind> = self
-            .running
-            .values()
-            .map(|r| (r.watch.route.group.clone(), r.watch.route.plural.clone()))
-            .chain(self.static_kinds.iter().cloned())
-            .collect();
-        // A namespaced kind watched per namespace (`NAMESPACES` set) never lists rows
-        // without a namespace: those are objects of an earlier, cluster-scoped CRD of the
-        // same kind, gone with it.
-        let watched_per_namespace: HashSet<Kind> = self
-            .running
-            .values()
-            .filter(|r| r.watch.namespaced && !self.namespaces.is_all())
-            .map(|r| (r.watch.route.group.clone(), r.watch.route.plural.clone()))
-            .collect();
-        for LiveKind {
-            kind,
-            has_cluster_scoped_rows,
-            api_version,
-        } in live
-        {
-            if self.static_kinds.contains(&kind) {
-                // A static route of a custom resource whose CRD went while the ingester was
-                // not watching: its watch only sees 404s, its rows would stay live.
-                if !self.crd_kinds.contains(&kind)
-                    && not_served(&self.ctx.client, &kind, &api_version).await
-                {
-                    info!(group = %kind.0, plural = %kind.1, "a static route's kind is served no more (its CRD is gone): marking its objects deleted");
+        for sweep in self.state.orphan_sweeps(live) {
+            match sweep {
+                OrphanSweep::StaticKindIfNotServed { kind, api_version } => {
+                    if not_served(&self.ctx.client, &kind, &api_version).await {
+                        info!(group = %kind.0, plural = %kind.1, "a static route's kind is served no more (its CRD is gone): marking its objects deleted");
+                        self.sweep_kind(&kind, None, list_rv).await;
+                    }
+                }
+                OrphanSweep::Unwatched(kind) => {
+                    info!(group = %kind.0, plural = %kind.1, "no CRD serves this kind: marking its objects deleted");
                     self.sweep_kind(&kind, None, list_rv).await;
                 }
-                continue;
-            }
-            if !self.groups.iter().any(|g| g == kind.0) {
-                continue;
-            }
-            if !watched.contains(&kind) {
-                info!(group = %kind.0, plural = %kind.1, "no CRD serves this kind: marking its objects deleted");
-                self.sweep_kind(&kind, None, list_rv).await;
-            } else if has_cluster_scoped_rows && watched_per_namespace.contains(&kind) {
-                info!(group = %kind.0, plural = %kind.1, "this kind is namespaced now: marking its cluster-scoped objects deleted");
-                self.sweep_kind(&kind, Some(String::new()), list_rv).await;
+                OrphanSweep::ClusterScopedRows(kind) => {
+                    info!(group = %kind.0, plural = %kind.1, "this kind is namespaced now: marking its cluster-scoped objects deleted");
+                    self.sweep_kind(&kind, Some(String::new()), list_rv).await;
+                }
             }
         }
-        self.orphan_sweep_owed = None;
+        self.state.orphans_swept();
     }
-}
-
-/// A kind with live rows.
-struct LiveKind {
-    kind: Kind,
-    /// Some of its rows have no namespace.
-    has_cluster_scoped_rows: bool,
-    /// The API version of one of its rows.
-    api_version: String,
 }
 
 /// Kinds of `groups` with live rows.
