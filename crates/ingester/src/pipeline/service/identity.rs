@@ -2,11 +2,22 @@
 //! Lease, retiring and any watch (a name another cluster owns writes nothing), and the
 //! resume points and rows of the name are adopted by the identity that runs now.
 
+use std::sync::Arc;
+
 use tracing::warn;
 
 use crate::config::Config;
 use crate::kubernetes::cluster::ClusterIdentity;
 use crate::storage::Database;
+
+/// The cluster name: CLUSTER_NAME, else one detected from the client configuration (see
+/// kubernetes/cluster.rs).
+pub(super) fn cluster_name(config: &Config, kube_config: &kube::Config) -> Arc<str> {
+    Arc::from(crate::kubernetes::cluster::resolve(
+        config.cluster_name.as_deref(),
+        kube_config,
+    ))
+}
 
 /// Records this cluster's identity as the owner of its name, or stops when another cluster
 /// owns it (see storage/clusters.rs).

@@ -37,7 +37,7 @@ pub(crate) use api_server::discover_scope;
 pub use api_server::kube_config;
 pub use routes::load_routes;
 
-use identity::claim_cluster_name;
+use identity::{claim_cluster_name, cluster_name};
 use leadership::{lease_lost_now, stand_by};
 use prepare::prepare_table;
 use running::{field_policy, start_lanes, watch_context, Pipeline};
@@ -75,10 +75,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     metrics.db_up.set(1);
 
     let kube_config = kube_config().await?;
-    let cluster: Arc<str> = Arc::from(crate::kubernetes::cluster::resolve(
-        config.cluster_name.as_deref(),
-        &kube_config,
-    ));
+    let cluster = cluster_name(&config, &kube_config);
 
     let health = Arc::new(Health::new(metrics.clone()));
     // Counted before the probe server starts, so /readyz never says ready before the lists
@@ -120,14 +117,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         _ = lease_lost.cancelled() => return Err(lease_lost_now(&servers, &metrics)),
     };
     if !matches!(prepared, Ok(Some(()))) {
-        end_before_running(
-            leadership,
-            &lease_lost,
-            &servers,
-            &metrics,
-            config.shutdown_timeout,
-        )
-        .await;
+        let timeout = config.shutdown_timeout;
+        end_before_running(leadership, &lease_lost, &servers, &metrics, timeout).await;
         return prepared.map(|_| ());
     }
 
@@ -142,15 +133,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         failure = stop_or_failure(&stop, &mut servers) => failure,
         _ = lease_lost.cancelled() => return Err(lease_lost_now(&servers, &metrics)),
     };
-    let timeout = config.shutdown_timeout;
     pipeline
-        .shut_down(
-            failure,
-            leadership,
-            &lease_lost,
-            &servers,
-            &metrics,
-            timeout,
-        )
+        .shut_down(failure, leadership, &lease_lost, &servers)
         .await
 }

@@ -2,6 +2,7 @@
 //! the CRD manager and the background loops, started together once the table is prepared.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -106,6 +107,9 @@ pub(super) struct Pipeline {
     pub(super) watches: CancellationToken,
     pub(super) watch_tracker: TaskTracker,
     pub(super) lane_tracker: TaskTracker,
+    pub(super) metrics: Arc<Metrics>,
+    /// How long the lanes have to commit what was queued (SHUTDOWN_TIMEOUT).
+    pub(super) shutdown_timeout: Duration,
 }
 
 impl Pipeline {
@@ -119,11 +123,14 @@ impl Pipeline {
     ) -> Pipeline {
         // The context (and with it the lanes' senders) lives on in the watch tasks only: the
         // lanes end once every watch has ended.
+        let metrics = ctx.metrics.clone();
         let (watches, watch_tracker) = start_watches(config, ctx, routes, groups);
         Pipeline {
             watches,
             watch_tracker,
             lane_tracker,
+            metrics,
+            shutdown_timeout: config.shutdown_timeout,
         }
     }
 }

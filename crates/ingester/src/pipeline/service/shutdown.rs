@@ -32,7 +32,7 @@ pub(super) async fn end_before_running(
 }
 
 impl Pipeline {
-    /// Stops the watches and waits, up to `timeout`, for the lanes to commit what was
+    /// Stops the watches and waits, up to SHUTDOWN_TIMEOUT, for the lanes to commit what was
     /// queued; then releases the Lease (after the last commit, so the next leader never
     /// writes alongside this one's tail) and stops the servers. The result says why the
     /// service stopped: `failure` (or a panic while draining), a lost Lease, a timeout.
@@ -42,9 +42,8 @@ impl Pipeline {
         leadership: Option<Leadership>,
         lease_lost: &CancellationToken,
         servers: &Servers,
-        metrics: &Metrics,
-        timeout: Duration,
     ) -> anyhow::Result<()> {
+        let (metrics, timeout) = (&*self.metrics, self.shutdown_timeout);
         match &failure {
             None => info!("shutting down: stopping watches, draining the queue"),
             Some(failure) => crate::telemetry::events::ServiceFailed { failure }.emit(),
