@@ -427,15 +427,17 @@ impl HistoryPartitionCheck<'_> {
 /// owned by another cluster stops start-up with an error instead (storage/clusters.rs).
 pub struct ClusterNameOwned<'a> {
     pub cluster: &'a str,
-    pub identity: &'a crate::kubernetes::cluster::ClusterIdentity,
+    /// The identity's id and where it came from (`CLUSTER_ID` or kube-system's uid).
+    pub cluster_id: &'a str,
+    pub id_source: &'a str,
     pub claimed_now: bool,
 }
 impl ClusterNameOwned<'_> {
     pub fn emit(&self) {
         info!(
             cluster = self.cluster,
-            cluster_id = %self.identity.id,
-            id_source = self.identity.source.as_str(),
+            cluster_id = self.cluster_id,
+            id_source = self.id_source,
             claimed_now = self.claimed_now,
             "cluster name owned by this cluster"
         );

@@ -37,7 +37,8 @@ pub(super) async fn claim_cluster_name(
     let outcome = crate::storage::clusters::claim(&conn, cluster, &identity).await?;
     crate::telemetry::events::ClusterNameOwned {
         cluster,
-        identity: &identity,
+        cluster_id: &identity.id,
+        id_source: identity.source.as_str(),
         claimed_now: outcome == crate::storage::clusters::Ownership::Free,
     }
     .emit();
