@@ -16,12 +16,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use kube_sim::workload::reference::pod_key;
+use kube_sim::workload::CHANGED_AT;
 use serde_json::json;
 use testkit::process::IngesterProcess;
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
-use crate::workload::{pod_key, CHANGED_AT};
-use crate::Sim;
+use crate::harness::Sim;
 
 pub struct ChurnResult {
     pub issued: u64,
@@ -144,48 +146,110 @@ pub async fn run(
     rate: f64,
     seconds: u64,
 ) -> anyhow::Result<ChurnResult> {
-    let store = sim.sim.store();
     let pending = Arc::new(Mutex::new(Pending::default()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seed = SEED.fetch_add(104_729, std::sync::atomic::Ordering::Relaxed);
+    let churner = spawn_churner(sim, pending.clone(), stop.clone(), seed, rate, seconds);
+    let (queue_samples, pending_at_end) = poll(db, ingester, &pending, &churner, seconds).await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (issued, churn_secs) = churner.await??;
+    let mut p = std::mem::take(&mut *pending.lock().unwrap());
+    let pending_at_end = pending_at_end.unwrap_or(p.count);
+    let stamp_check = check_stamps(sim, db, seed, issued).await?;
 
-    // Churner: on a blocking thread (the store's merge patch is synchronous work).
-    let churner = {
-        let (pending, stop) = (pending.clone(), stop.clone());
-        let n = sim.pods;
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, f64)> {
-            let mut picker = Picker::new(n, seed);
-            let t0 = Instant::now();
-            let mut issued = 0u64;
-            let total = (rate * seconds as f64) as u64;
-            while issued < total && !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let due = ((t0.elapsed().as_secs_f64() * rate) as u64).min(total);
-                while issued < due {
-                    let (ns, name) = pod_key(picker.pick());
-                    let at = Utc::now();
-                    let stamp = at.to_rfc3339_opts(SecondsFormat::Nanos, true);
-                    let patch = json!({"metadata": {"annotations": {CHANGED_AT: stamp}}});
-                    let obj = store
-                        .merge_patch("v1", "Pod", Some(&ns), &name, &patch)
-                        .map_err(|e| anyhow::anyhow!("patch {ns}/{name}: {e:?}"))?;
-                    let uid = obj["metadata"]["uid"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let rv: i64 = obj["metadata"]["resourceVersion"]
-                        .as_str()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0);
-                    pending.lock().unwrap().add(uid, rv, at);
-                    issued += 1;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Ok((issued, t0.elapsed().as_secs_f64()))
-        })
+    p.latencies_ms.sort_by(|a, b| a.total_cmp(b));
+    let unresolved = p.count;
+    let third = (queue_samples.len() / 3).max(1);
+    let mean = |s: &[f64]| {
+        if s.is_empty() {
+            0.0
+        } else {
+            s.iter().sum::<f64>() / s.len() as f64
+        }
     };
+    let queue_first = mean(&queue_samples[..third.min(queue_samples.len())]);
+    let queue_last = mean(&queue_samples[queue_samples.len().saturating_sub(third)..]);
+    let achieved_rate = issued as f64 / churn_secs.max(1e-9);
+    // Sustained: everything issued became visible, the backlog at the end of the churn was at
+    // most one second of changes, and the ingester's queue did not grow over the run.
+    let sustained = unresolved == 0
+        && (pending_at_end as f64) <= rate.max(1.0)
+        && queue_last <= queue_first + 500.0;
+    Ok(ChurnResult {
+        issued,
+        achieved_rate,
+        p50_ms: pct(&p.latencies_ms, 50.0),
+        p99_ms: if unresolved > 0 {
+            f64::INFINITY
+        } else {
+            pct(&p.latencies_ms, 99.0)
+        },
+        max_ms: p.latencies_ms.last().copied().unwrap_or(f64::NAN),
+        unresolved,
+        pending_at_end,
+        max_queue: queue_samples.iter().copied().fold(0.0, f64::max),
+        queue_first,
+        queue_last,
+        sustained,
+        stamp_check,
+    })
+}
 
-    // Poller.
+/// The churner, on a blocking thread (the store's merge patch is synchronous work): `rate`
+/// stamped merge patches per second for `seconds`, each remembered in `pending`. Returns the
+/// changes issued and the seconds it took.
+fn spawn_churner(
+    sim: &Sim,
+    pending: Arc<Mutex<Pending>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    seed: usize,
+    rate: f64,
+    seconds: u64,
+) -> JoinHandle<anyhow::Result<(u64, f64)>> {
+    let store = sim.sim.store();
+    let n = sim.pods;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, f64)> {
+        let mut picker = Picker::new(n, seed);
+        let t0 = Instant::now();
+        let mut issued = 0u64;
+        let total = (rate * seconds as f64) as u64;
+        while issued < total && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let due = ((t0.elapsed().as_secs_f64() * rate) as u64).min(total);
+            while issued < due {
+                let (ns, name) = pod_key(picker.pick());
+                let at = Utc::now();
+                let stamp = at.to_rfc3339_opts(SecondsFormat::Nanos, true);
+                let patch = json!({"metadata": {"annotations": {CHANGED_AT: stamp}}});
+                let obj = store
+                    .merge_patch("v1", "Pod", Some(&ns), &name, &patch)
+                    .map_err(|e| anyhow::anyhow!("patch {ns}/{name}: {e:?}"))?;
+                let uid = obj["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let rv: i64 = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                pending.lock().unwrap().add(uid, rv, at);
+                issued += 1;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok((issued, t0.elapsed().as_secs_f64()))
+    })
+}
+
+/// The poller: until every change is seen (or 30 s of grace after the churn), marks the
+/// changes whose rows are visible. Returns the ingester's queue depth sampled every 500 ms of
+/// the churn, and the changes still unseen when the churner had finished.
+async fn poll(
+    db: &Client,
+    ingester: &IngesterProcess,
+    pending: &Mutex<Pending>,
+    churner: &JoinHandle<anyhow::Result<(u64, f64)>>,
+    seconds: u64,
+) -> anyhow::Result<(Vec<f64>, Option<u64>)> {
     let poll_stmt = db
         .prepare(
             "SELECT uid, object_resource_version FROM krateo_resources
@@ -228,12 +292,11 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (issued, churn_secs) = churner.await??;
-    let mut p = std::mem::take(&mut *pending.lock().unwrap());
-    let pending_at_end = pending_at_end.unwrap_or(p.count);
+    Ok((queue_samples, pending_at_end))
+}
 
-    // The rows carry the stamps: check the objects changed last.
+/// The rows carry the stamps: checks the objects changed last (up to 20).
+async fn check_stamps(sim: &Sim, db: &Client, seed: usize, issued: u64) -> anyhow::Result<String> {
     let mut ok = 0;
     let mut checked = 0;
     let mut picker = Picker::new(sim.pods, seed);
@@ -261,41 +324,7 @@ pub async fn run(
             ok += 1;
         }
     }
-
-    p.latencies_ms.sort_by(|a, b| a.total_cmp(b));
-    let unresolved = p.count;
-    let third = (queue_samples.len() / 3).max(1);
-    let mean = |s: &[f64]| {
-        if s.is_empty() {
-            0.0
-        } else {
-            s.iter().sum::<f64>() / s.len() as f64
-        }
-    };
-    let queue_first = mean(&queue_samples[..third.min(queue_samples.len())]);
-    let queue_last = mean(&queue_samples[queue_samples.len().saturating_sub(third)..]);
-    let achieved_rate = issued as f64 / churn_secs.max(1e-9);
-    // Sustained: everything issued became visible, the backlog at the end of the churn was at
-    // most one second of changes, and the ingester's queue did not grow over the run.
-    let sustained = unresolved == 0
-        && (pending_at_end as f64) <= rate.max(1.0)
-        && queue_last <= queue_first + 500.0;
-    Ok(ChurnResult {
-        issued,
-        achieved_rate,
-        p50_ms: pct(&p.latencies_ms, 50.0),
-        p99_ms: if unresolved > 0 {
-            f64::INFINITY
-        } else {
-            pct(&p.latencies_ms, 99.0)
-        },
-        max_ms: p.latencies_ms.last().copied().unwrap_or(f64::NAN),
-        unresolved,
-        pending_at_end,
-        max_queue: queue_samples.iter().copied().fold(0.0, f64::max),
-        queue_first,
-        queue_last,
-        sustained,
-        stamp_check: format!("{ok}/{checked} rows carry the object's latest stamp"),
-    })
+    Ok(format!(
+        "{ok}/{checked} rows carry the object's latest stamp"
+    ))
 }

@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
-use resources_ingester::fields::FieldPolicy;
-use resources_ingester::object::RawObject;
-use resources_ingester::record::{build_record_with, CompositionFallback, EventKind, Record};
-use resources_ingester::routes::Route;
+use resources_ingester::row::fields::FieldPolicy;
+use resources_ingester::row::object::RawObject;
+use resources_ingester::row::record::{build_record_with, CompositionFallback, EventKind, Record};
+use resources_ingester::row::routes::Route;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
@@ -234,4 +234,43 @@ impl ToSql for RawParam<'_> {
         true
     }
     to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use kube_sim::workload::reference::{PodGen, Size};
+    use resources_ingester::row::fields::{FieldPolicy, SensitiveKinds};
+    use serde_json::Value;
+
+    /// Bytes of `pod`'s JSON and of its `"managedFields":[...]` member.
+    fn sizes(pod: &Value) -> (usize, usize) {
+        let total = serde_json::to_string(pod).map_or(0, |s| s.len());
+        let mf = serde_json::to_string(&pod["metadata"]["managedFields"]).map_or(0, |s| s.len());
+        (total, r#""managedFields":"#.len() + mf)
+    }
+
+    /// `--ingester-env PRUNE_FIELDS=metadata.managedFields` takes exactly that member off the
+    /// benchmark's pods (the baselines' rows shrink as the ingester's do).
+    #[test]
+    fn pruning_managed_fields_drops_exactly_that_member() {
+        let policy = FieldPolicy::new(
+            true,
+            &SensitiveKinds::default(),
+            &"metadata.managedFields".parse().expect("valid"),
+        );
+        for size in [Size::Realistic, Size::Large] {
+            let pod = PodGen::new(size).pod(7);
+            let text = serde_json::to_string(&pod).expect("json");
+            let (total, mf) = sizes(&pod);
+            let applied = policy.apply("", "Pod", &text).expect("pruned");
+            assert_eq!(applied.pruned_bytes, mf as u64);
+            assert_eq!(
+                applied.json.len(),
+                total - mf - 1,
+                "the member and its comma"
+            );
+        }
+        let small = serde_json::to_string(&PodGen::new(Size::Small).pod(7)).expect("json");
+        assert_eq!(policy.apply("", "Pod", &small), None, "no managedFields");
+    }
 }

@@ -1,5 +1,10 @@
 //! Deterministic workload generator: realistic pods (with their Deployments, ReplicaSets,
 //! Services, ConfigMaps), Krateo-style CRDs and custom resources, and a steady churn.
+//!
+//! Pods come in two shapes, both generated here: the seeded pods of `preload` and `churn`
+//! (owned by generated apps, random names and uids from the seed), and the index-addressed
+//! [`reference`] pods of calibrated size that `ingest-bench` loads (pod `i` is a pure function
+//! of `i`, its benchmark figures were measured with them).
 
 use crate::store::Store;
 use rand::rngs::SmallRng;
@@ -7,6 +12,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+pub mod reference;
 
 /// Annotation stamped on every churned object: RFC 3339 with nanoseconds, when the change was made.
 pub const CHANGED_AT: &str = "kube-sim.io/changed-at";
