@@ -104,8 +104,15 @@ pub enum SchemaError {
         missing: Vec<String>,
         grants: Vec<String>,
     },
+    /// The server's refusal, described by [`crate::storage::describe_db_error`].
     #[error("schema set-up failed: {0}")]
-    Db(#[from] tokio_postgres::Error),
+    Db(String),
+}
+
+impl From<tokio_postgres::Error> for SchemaError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SchemaError::Db(crate::storage::describe_db_error(&e))
+    }
 }
 
 /// Checks the schema and adds what is missing when the role may; with everything in place it
