@@ -140,7 +140,7 @@ pub async fn ensure_schema_with(client: &Client, history: bool) -> Result<Schema
             Ok(applied) => info!(?applied, lz4, "schema migrations applied"),
             // The catalog said we may, the server said no (e.g. a policy we cannot see).
             Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
-                warn!(error = %e, "adding the missing schema pieces was refused");
+                warn!(error = %crate::storage::describe_db_error(&e), "adding the missing schema pieces was refused");
                 return Err(needs_migration(&found));
             }
             Err(e) => return Err(e.into()),
