@@ -273,3 +273,23 @@ impl Database {
 /// Readiness while the read-write address reaches a server that accepts no writes.
 pub const READ_ONLY_SERVER: &str =
     "the server accepts no writes (in recovery or read-only): writes fail with SQLSTATE 25006";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_without_a_server_answer_keep_each_cause_once() {
+        let timeout = deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait);
+        assert_eq!(
+            describe_db_error(&timeout),
+            "Timeout occurred while waiting for a slot to become available"
+        );
+        let hook: deadpool_postgres::HookError = HookError::message("no staging table");
+        let e = deadpool_postgres::PoolError::PostCreateHook(hook);
+        assert_eq!(
+            describe_db_error(&e),
+            "connection set-up (staging table): no staging table"
+        );
+    }
+}
