@@ -7,6 +7,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use resources_ingester::commands::{check, history, migrate};
 use resources_ingester::config::{CheckOutput, Command, Config, HistoryAction};
 use resources_ingester::pipeline::service;
+use resources_ingester::storage;
 use resources_ingester::telemetry::logging;
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
@@ -187,8 +188,10 @@ fn exit(runtime: Runtime, outcome: anyhow::Result<()>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("resources-ingester: {e:#}");
+            // Each cause, a database error by its SQLSTATE and message.
+            let e = storage::error_chain(e.as_ref());
+            tracing::error!("{e}");
+            eprintln!("resources-ingester: {e}");
             ExitCode::FAILURE
         }
     }

@@ -262,3 +262,71 @@ async fn a_tombstone_the_database_refuses_costs_nothing_else() -> anyhow::Result
     );
     Ok(())
 }
+
+/// Sets the pool's (one) session read-only, as a session opened to a standby stays.
+async fn turn_pooled_session_read_only(database: &Database) -> anyhow::Result<()> {
+    database
+        .pool
+        .get()
+        .await?
+        .batch_execute("SET SESSION default_transaction_read_only = on")
+        .await?;
+    Ok(())
+}
+
+/// A session that answers read-only (one opened to a standby, or a server that turned
+/// read-only): the batch fails with the server's SQLSTATE and message, the session is closed,
+/// the next attempt opens a new one and writes; nothing dropped. A server that refuses to set
+/// a new session up (the staging table) is described the same way, never as "db error".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_session_is_described_and_never_reused() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let config = common::db_config(&db, &[]);
+    let database = Database::connect(&config, 1).await?;
+    let metrics = Arc::new(Metrics::new());
+    let w = BatchWriter::new(database.pool.clone(), metrics.clone());
+    w.write(&[record(&uid(1), 10)], &[]).await?;
+
+    turn_pooled_session_read_only(&database).await?;
+    let e = w
+        .write(&[record(&uid(2), 10)], &[])
+        .await
+        .expect_err("a read-only session refuses the batch")
+        .to_string();
+    assert!(
+        e.starts_with("SQLSTATE 25006: ") && e.contains("read-only transaction"),
+        "{e}"
+    );
+    w.write(&[record(&uid(2), 10)], &[]).await?;
+    assert_eq!(live(&db, &uid(2)).await?, Some(true));
+
+    turn_pooled_session_read_only(&database).await?;
+    let e = database.ping().await.expect_err("readiness sees it");
+    assert!(e.contains("25006"), "{e}");
+    database.ping().await.map_err(anyhow::Error::msg)?;
+
+    db.client()
+        .await?
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = on",
+            db.name
+        ))
+        .await?;
+    let e = match Database::connect(&config, 1).await {
+        Ok(fresh) => fresh.ping().await.expect_err("no session can be set up"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("SQLSTATE 25006: cannot execute CREATE TABLE in a read-only transaction")
+            && !e.contains("db error"),
+        "{e}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "ingester_records_dropped_total{reason=\"rejected\"}"
+        ),
+        0.0
+    );
+    Ok(())
+}

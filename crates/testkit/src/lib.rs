@@ -6,6 +6,7 @@ pub mod converge;
 pub mod fuzz;
 pub mod pg;
 pub mod pg18;
+pub mod pg_replica;
 pub mod process;
 pub mod realkube;
 

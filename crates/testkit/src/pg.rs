@@ -131,9 +131,9 @@ pub(crate) fn running_as_root() -> bool {
 /// the data directory owned by it.
 pub struct PrivatePg {
     pub port: u16,
-    bin: std::path::PathBuf,
-    dir: tempfile::TempDir,
-    as_postgres: bool,
+    pub(crate) bin: std::path::PathBuf,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) as_postgres: bool,
 }
 
 impl PrivatePg {
@@ -157,7 +157,7 @@ impl PrivatePg {
         dirs.pop().map(|(_, d)| d)
     }
 
-    fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
+    pub(crate) fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
         let exe = self.bin.join(tool);
         let mut cmd = if self.as_postgres {
             let mut c = std::process::Command::new("runuser");
@@ -181,7 +181,7 @@ impl PrivatePg {
         Ok(())
     }
 
-    fn data(&self) -> String {
+    pub(crate) fn data(&self) -> String {
         self.dir.path().join("data").display().to_string()
     }
 

@@ -84,6 +84,11 @@ impl IngesterProcess {
         self.get(self.port, "/readyz").await.map(|(s, _)| s)
     }
 
+    /// `GET /readyz`: the status code and the body (why not ready).
+    pub async fn readyz_body(&self) -> Result<(u16, String), String> {
+        self.get(self.port, "/readyz").await
+    }
+
     pub async fn livez(&self) -> Result<u16, String> {
         self.get(self.port, "/livez").await.map(|(s, _)| s)
     }

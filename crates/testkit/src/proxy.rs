@@ -1,9 +1,11 @@
 //! A TCP proxy a test can cut: "the database went away" without stopping the machine's
-//! shared PostgreSQL. While cut, open connections are closed and new ones refused.
+//! shared PostgreSQL. While cut, open connections are closed and new ones refused. It can also
+//! move to another target ([`TcpProxy::retarget`]): a read-write service whose endpoint
+//! changes, as an operator moves it at a switchover.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use tokio::sync::watch;
 pub struct TcpProxy {
     pub port: u16,
     up: Arc<AtomicBool>,
+    target: Arc<Mutex<SocketAddr>>,
     delay_ms: Arc<AtomicU64>,
     generation: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -46,6 +49,8 @@ impl TcpProxy {
         let up = Arc::new(AtomicBool::new(true));
         let (generation, _) = watch::channel(0u64);
         let up2 = up.clone();
+        let target = Arc::new(Mutex::new(target));
+        let target2 = target.clone();
         let gen2 = generation.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
@@ -55,6 +60,10 @@ impl TcpProxy {
                 }
                 let mut cut = gen2.subscribe();
                 let delay_ms = delay_ms2.clone();
+                let target = match target2.lock() {
+                    Ok(t) => *t,
+                    Err(poisoned) => *poisoned.into_inner(),
+                };
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
@@ -79,6 +88,7 @@ impl TcpProxy {
         Ok(TcpProxy {
             port,
             up,
+            target,
             delay_ms,
             generation,
             task,
@@ -93,6 +103,16 @@ impl TcpProxy {
 
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Moves to `to`: open connections are closed (as when a service's endpoint moves, the
+    /// clients see their connections end) and new ones reach `to`.
+    pub fn retarget(&self, to: SocketAddr) {
+        match self.target.lock() {
+            Ok(mut t) => *t = to,
+            Err(poisoned) => *poisoned.into_inner() = to,
+        }
+        self.generation.send_modify(|g| *g += 1);
     }
 }
 

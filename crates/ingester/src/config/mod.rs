@@ -19,10 +19,11 @@ use clap::{Parser, ValueEnum};
 
 pub use db_params::{DbParams, DbParamsParser, SslMode};
 use values::{
-    bytes_between, duration_between, hours, millis, parse_cluster_id, parse_instance_name,
-    parse_namespaces, secs, whole_days_between, whole_seconds_between,
+    bytes_between, duration_between, hours, millis, parse_cluster_id, parse_db_hosts,
+    parse_db_ports, parse_instance_name, parse_namespaces, secs, whole_days_between,
+    whole_seconds_between,
 };
-pub use values::{Namespaces, Password};
+pub use values::{DbHosts, DbPorts, Namespaces, Password, MAX_DB_HOSTS};
 
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -53,12 +54,13 @@ pub struct Config {
     /// PostgreSQL database name.
     #[arg(long, env = "DB_NAME")]
     pub db_name: String,
-    /// PostgreSQL host.
-    #[arg(long, env = "DB_HOST", default_value = "localhost")]
-    pub db_host: String,
-    /// PostgreSQL port.
-    #[arg(long, env = "DB_PORT", default_value_t = 5432, value_parser = clap::value_parser!(u16).range(1..))]
-    pub db_port: u16,
+    /// PostgreSQL host; several separated by commas are tried in order (with
+    /// `target_session_attrs=read-write` in DB_PARAMS: the first that accepts writes).
+    #[arg(long, env = "DB_HOST", default_value = "localhost", value_parser = parse_db_hosts)]
+    pub db_host: DbHosts,
+    /// PostgreSQL port: one for every host, or one per host in DB_HOST's order.
+    #[arg(long, env = "DB_PORT", default_value = "5432", value_parser = parse_db_ports)]
+    pub db_port: DbPorts,
     /// Extra connection parameters in URL-query form, e.g. `sslmode=verify-full&sslrootcert=/ca.crt&connect_timeout=5`.
     /// Known keys: sslmode (disable|prefer|require|verify-ca|verify-full), sslrootcert,
     /// connect_timeout (seconds), application_name, options, keepalives_idle (seconds),
@@ -271,9 +273,27 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// Where the database is, for log lines: `host:port[,host:port…]/dbname`.
+    pub fn db_target(&self) -> String {
+        let addresses: Vec<String> = self
+            .db_host
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, h)| format!("{h}:{}", self.db_port.of_host(i)))
+            .collect();
+        format!("{}/{}", addresses.join(","), self.db_name)
+    }
+
     /// Checks the settings that constrain each other; the message names every variable
     /// involved. (Each setting's own bounds are checked while parsing.)
     pub fn validate(&self) -> Result<(), String> {
+        let (hosts, ports) = (self.db_host.0.len(), self.db_port.0.len());
+        if ports != 1 && ports != hosts {
+            return Err(format!(
+                "DB_PORT lists {ports} ports and DB_HOST {hosts} hosts: give one port for every host or one per host, in DB_HOST's order"
+            ));
+        }
         if self.lease_renew_deadline >= self.lease_duration {
             // A standby may take the Lease once it has not changed for LEASE_DURATION; the
             // leader must have stopped writing before that.

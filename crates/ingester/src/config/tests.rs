@@ -12,8 +12,8 @@ fn defaults_match_the_spec() {
     let c = parse(&[]).expect("defaults");
     assert_eq!(c.port, 8080);
     assert_eq!(c.metrics_port, 9090);
-    assert_eq!(c.db_host, "localhost");
-    assert_eq!(c.db_port, 5432);
+    assert_eq!(c.db_host, DbHosts(vec!["localhost".into()]));
+    assert_eq!(c.db_port, DbPorts(vec![5432]));
     assert_eq!(c.db_ready_timeout, Duration::from_secs(120));
     assert!(c.namespaces.is_all());
     assert_eq!(c.db_params, DbParams::default());
@@ -320,4 +320,38 @@ fn cluster_id_and_the_check_command() {
         })
     );
     assert!(parse(&["check", "--output", "yaml"]).is_err());
+}
+
+#[test]
+fn several_hosts_take_one_port_or_one_each() {
+    let c = parse(&["--db-host", "a, b", "--db-port", "5433"]).expect("one port");
+    assert_eq!(c.db_host, DbHosts(vec!["a".into(), "b".into()]));
+    c.validate().expect("one port for all");
+    assert_eq!(c.db_target(), "a:5433,b:5433/d");
+    let c = parse(&["--db-host", "a,b", "--db-port", "5433,5434"]).expect("a port each");
+    c.validate().expect("a port each");
+    assert_eq!(c.db_target(), "a:5433,b:5434/d");
+    let c = parse(&["--db-host", "a,b,c", "--db-port", "1,2"]).expect("parses");
+    let e = c.validate().expect_err("2 ports for 3 hosts");
+    assert!(e.contains("DB_PORT") && e.contains("DB_HOST"), "{e}");
+    for (flag, bad) in [
+        ("--db-host", "a,,b"),
+        ("--db-host", "a b"),
+        ("--db-port", "5432,"),
+        ("--db-port", "0"),
+        ("--db-port", "x"),
+    ] {
+        let e = parse(&[flag, bad]).expect_err(bad).to_string();
+        let var = if flag == "--db-host" {
+            "DB_HOST"
+        } else {
+            "DB_PORT"
+        };
+        assert!(e.contains(var), "{bad}: {e}");
+    }
+    let many = vec!["h"; MAX_DB_HOSTS + 1].join(",");
+    let e = parse(&["--db-host", &many])
+        .expect_err("too many")
+        .to_string();
+    assert!(e.contains("at most"), "{e}");
 }

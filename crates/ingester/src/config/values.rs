@@ -186,3 +186,68 @@ pub(super) fn parse_namespaces(s: &str) -> Result<Namespaces, String> {
     }
     Ok(Namespaces(out))
 }
+
+/// Most hosts `DB_HOST` may list: each is tried in turn at every new connection, so a long
+/// list is a mistake (a pasted inventory), not a topology.
+pub const MAX_DB_HOSTS: usize = 16;
+
+/// `DB_HOST`: one host, or several separated by commas (libpq's convention), tried in order;
+/// with `target_session_attrs=read-write` the first that accepts writes is used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbHosts(pub Vec<String>);
+
+impl fmt::Display for DbHosts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+/// `DB_PORT`: one port for every host, or one per host in `DB_HOST`'s order (libpq's
+/// convention; the count is checked against the hosts by `Config::validate`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbPorts(pub Vec<u16>);
+
+impl DbPorts {
+    /// The port of the `i`-th host.
+    pub fn of_host(&self, i: usize) -> u16 {
+        self.0
+            .get(i)
+            .or_else(|| self.0.first())
+            .copied()
+            .unwrap_or(5432)
+    }
+}
+
+/// The pieces of a comma-separated list: none empty, at most [`MAX_DB_HOSTS`].
+fn list_pieces(s: &str, what: &str) -> Result<Vec<String>, String> {
+    let pieces: Vec<String> = s.split(',').map(|p| p.trim().to_owned()).collect();
+    if let Some(i) = pieces.iter().position(String::is_empty) {
+        return Err(format!("{what} {} of {:?} is empty", i + 1, s));
+    }
+    if pieces.len() > MAX_DB_HOSTS {
+        return Err(format!(
+            "{} {what}s listed; at most {MAX_DB_HOSTS}",
+            pieces.len()
+        ));
+    }
+    Ok(pieces)
+}
+
+pub(super) fn parse_db_hosts(s: &str) -> Result<DbHosts, String> {
+    let hosts = list_pieces(s, "host")?;
+    if let Some(h) = hosts.iter().find(|h| h.contains(char::is_whitespace)) {
+        return Err(format!("host {h:?} contains a space"));
+    }
+    Ok(DbHosts(hosts))
+}
+
+pub(super) fn parse_db_ports(s: &str) -> Result<DbPorts, String> {
+    let ports = list_pieces(s, "port")?
+        .iter()
+        .map(|p| match p.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("port {p:?} is not a number from 1 to 65535")),
+        })
+        .collect::<Result<Vec<u16>, String>>()?;
+    Ok(DbPorts(ports))
+}

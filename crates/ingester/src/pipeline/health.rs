@@ -19,6 +19,8 @@ use crate::telemetry::metrics::Metrics;
 /// (with leader election) nothing else: a standby replica is ready to take over.
 pub struct Health {
     db_up: AtomicBool,
+    /// Why the last database round trip failed (SQLSTATE and message): `/readyz` says it.
+    db_error: std::sync::Mutex<String>,
     static_routes_pending: AtomicUsize,
     metrics: Arc<Metrics>,
 }
@@ -27,6 +29,7 @@ impl Health {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         let health = Self {
             db_up: AtomicBool::new(true),
+            db_error: std::sync::Mutex::new(String::new()),
             static_routes_pending: AtomicUsize::new(0),
             metrics,
         };
@@ -36,6 +39,10 @@ impl Health {
 
     /// Records the outcome of a database round trip; logs transitions only.
     pub fn set_db(&self, up: bool, error: Option<&str>) {
+        if let Ok(mut last) = self.db_error.lock() {
+            last.clear();
+            last.push_str(error.unwrap_or_default());
+        }
         let was = self.db_up.swap(up, Ordering::SeqCst);
         if was != up {
             DatabaseReachability { up, error }.emit(&self.metrics);
@@ -52,6 +59,11 @@ impl Health {
 
     pub fn db_up(&self) -> bool {
         self.db_up.load(Ordering::SeqCst)
+    }
+
+    /// The last database error (empty while the database answers).
+    pub fn db_error(&self) -> String {
+        self.db_error.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
     pub fn add_static_routes(&self, n: usize) {
@@ -86,7 +98,12 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     } else {
         let mut why = Vec::new();
         if !health.db_up() {
-            why.push("database unreachable".to_owned());
+            let error = health.db_error();
+            why.push(if error.is_empty() {
+                "database unreachable".to_owned()
+            } else {
+                format!("database unreachable: {error}")
+            });
         }
         let pending = health.static_routes_pending();
         if pending > 0 {

@@ -61,8 +61,15 @@ pub enum ClaimError {
         ours: String,
         ours_id: String,
     },
+    /// The server's refusal, described by [`super::describe_db_error`].
     #[error("recording the owner of CLUSTER_NAME in {TABLE}: {0}")]
-    Db(#[from] tokio_postgres::Error),
+    Db(String),
+}
+
+impl From<tokio_postgres::Error> for ClaimError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ClaimError::Db(super::describe_db_error(&e))
+    }
 }
 
 pub fn collision(name: &str, owner: &Owner, ours: &ClusterIdentity) -> ClaimError {

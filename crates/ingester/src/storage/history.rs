@@ -224,7 +224,7 @@ pub async fn upkeep_once(pool: &deadpool_postgres::Pool, retention_days: u32, me
         Ok(c) => c,
         Err(e) => {
             HistoryMaintenanceFailed {
-                error: &format!("connection pool: {e}"),
+                error: &format!("connection pool: {}", super::error_chain(&e)),
             }
             .emit(metrics);
             return;

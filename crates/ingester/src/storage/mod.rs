@@ -22,9 +22,15 @@ pub use schema::SchemaInfo;
 /// config, whose `Debug` redacts it).
 pub fn pg_config(c: &Config) -> tokio_postgres::Config {
     let mut pg = tokio_postgres::Config::new();
-    pg.host(&c.db_host)
-        .port(c.db_port)
-        .user(&c.db_user)
+    // Several hosts are tried in order, each with its port (one port: the same for all);
+    // tokio-postgres checks `target_session_attrs` on each, as libpq does.
+    for host in &c.db_host.0 {
+        pg.host(host);
+    }
+    for port in &c.db_port.0 {
+        pg.port(*port);
+    }
+    pg.user(&c.db_user)
         .dbname(&c.db_name)
         .application_name(
             c.db_params
@@ -58,18 +64,57 @@ pub fn pg_config(c: &Config) -> tokio_postgres::Config {
 }
 
 /// An error with its causes ("error performing TLS handshake: invalid peer certificate: ...").
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
+/// A database error among them is described by [`describe_db_error`]: this is the one
+/// function every log line, `/readyz` and `check` use for an error that may come from
+/// PostgreSQL or the pool.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    describe_db_error(e)
+}
+
+/// What a database error says, for people: the server's SQLSTATE and message ("SQLSTATE
+/// 25006: cannot execute INSERT in a read-only transaction") wherever the server answered,
+/// else each cause in turn ("error connecting to server: Connection refused"). tokio-postgres
+/// shows a server error only as "db error" and deadpool wraps it once more (a failed
+/// `post_create` hook, a failed connect); the causes are walked through both. Never the
+/// server's DETAIL or HINT (a row's values appear there, e.g. the key of a unique
+/// violation), and never a password (no error carries the connection settings).
+pub fn describe_db_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cause = Some(e);
     while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
+        if let Some(db) = c.downcast_ref::<tokio_postgres::error::DbError>() {
+            parts.push(format!("SQLSTATE {}: {}", db.code().code(), db.message()));
+            break;
+        }
+        let text = own_text(c);
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
         }
         cause = c.source();
     }
-    out
+    parts.join(": ")
+}
+
+/// The text `e` adds to its causes: the wrappers that repeat their cause's text (deadpool's
+/// pool and hook errors) or hide it ("db error") contribute only their own words.
+fn own_text(e: &(dyn std::error::Error + 'static)) -> String {
+    use deadpool_postgres::PoolError;
+    if let Some(pool) = e.downcast_ref::<PoolError>() {
+        return match pool {
+            PoolError::PostCreateHook(_) => "connection set-up (staging table)".to_owned(),
+            PoolError::Backend(_) => "opening a connection".to_owned(),
+            other => other.to_string().trim().to_owned(),
+        };
+    }
+    if let Some(HookError::Backend(_)) = e.downcast_ref::<HookError>() {
+        return String::new();
+    }
+    if let Some(pg) = e.downcast_ref::<tokio_postgres::Error>() {
+        if pg.as_db_error().is_some() {
+            return String::new();
+        }
+    }
+    e.to_string().trim().to_owned()
 }
 
 /// Where the ingester's rows go: a pool of connections, each with its staging table.
@@ -100,7 +145,7 @@ pub enum ConnectError {
 pub async fn wait_for_postgres(c: &Config) -> Result<tokio_postgres::Client, ConnectError> {
     let pg = pg_config(c);
     let tls = tls::make_tls(&c.db_params).map_err(|e| ConnectError::Setup(e.to_string()))?;
-    let target = format!("{}:{}/{}", c.db_host, c.db_port, c.db_name);
+    let target = c.db_target();
     let deadline = Instant::now() + c.db_ready_timeout;
     let mut delay = Duration::from_millis(200);
     let mut attempt = 0u32;
@@ -197,17 +242,54 @@ impl Database {
                 })
             }))
             .build()
-            .map_err(|e| ConnectError::Setup(format!("connection pool: {e}")))?;
+            .map_err(|e| ConnectError::Setup(format!("connection pool: {}", error_chain(&e))))?;
         Ok(Database { pool, schema })
     }
 
     /// One round trip: used by readiness.
+    /// Asks whether the server accepts writes: a `SELECT 1` would pass on a server in
+    /// recovery or with `default_transaction_read_only`, where every batch fails; such a
+    /// connection is closed, not kept (the next one may reach a primary).
     pub async fn ping(&self) -> Result<(), String> {
-        let client = self.pool.get().await.map_err(|e| e.to_string())?;
-        client
-            .simple_query("SELECT 1")
+        let client = self.pool.get().await.map_err(|e| error_chain(&e))?;
+        let answer = client
+            .simple_query(
+                "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool",
+            )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| error_chain(&e))?;
+        let read_only = answer.iter().any(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0) == Some("t"),
+            _ => false,
+        });
+        if read_only {
+            drop(deadpool_postgres::Object::take(client));
+            return Err(READ_ONLY_SERVER.to_owned());
+        }
         Ok(())
+    }
+}
+
+/// Readiness while the read-write address reaches a server that accepts no writes.
+pub const READ_ONLY_SERVER: &str =
+    "the server accepts no writes (in recovery or read-only): writes fail with SQLSTATE 25006";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_without_a_server_answer_keep_each_cause_once() {
+        let timeout = deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait);
+        assert_eq!(
+            describe_db_error(&timeout),
+            "Timeout occurred while waiting for a slot to become available"
+        );
+        let hook: deadpool_postgres::HookError = HookError::message("no staging table");
+        let e = deadpool_postgres::PoolError::PostCreateHook(hook);
+        assert_eq!(
+            describe_db_error(&e),
+            "connection set-up (staging table): no staging table"
+        );
     }
 }

@@ -149,23 +149,30 @@ async fn retire_once(
     now: &Coverage,
     options: super::writer::WriterOptions,
 ) -> Result<Retired, String> {
-    let mut client = pool.get().await.map_err(|e| e.to_string())?;
-    let tx = client.transaction().await.map_err(|e| e.to_string())?;
+    let mut client = pool.get().await.map_err(|e| super::error_chain(&e))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| super::error_chain(&e))?;
     let before = record_coverage(&tx, cluster, instance, now)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| super::error_chain(&e))?;
     let mut retired = Retired::new();
     if let Some(before) = before.filter(|b| b != now) {
         retired = retire_rows(&tx, cluster, &before, options)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| super::error_chain(&e))?;
         forget_watch_states(&tx, cluster, instance, &before, now)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| super::error_chain(&e))?;
     }
     tx.commit().await.map_err(|e| match e.code() {
-        Some(c) if c.code() == "54000" => format!("{}: {e}", super::writer::NOTIFY_QUEUE_FULL),
-        _ => e.to_string(),
+        Some(c) if c.code() == "54000" => format!(
+            "{}: {}",
+            super::writer::NOTIFY_QUEUE_FULL,
+            super::error_chain(&e)
+        ),
+        _ => super::error_chain(&e),
     })?;
     Ok(retired)
 }

@@ -20,14 +20,14 @@ pub fn scope_key(group: &str, version: &str, plural: &str, namespace: Option<&st
 }
 
 pub async fn load(pool: &Pool, cluster: &str, scope: &str) -> Result<Option<i64>, String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
     let row = client
         .query_opt(
             "SELECT resource_version FROM krateo_ingester_watch_state WHERE cluster_name = $1 AND scope = $2",
             &[&cluster, &scope],
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| super::error_chain(&e))?;
     // A NULL (a table changed by hand) reads as no resume point: the watch lists.
     Ok(row.and_then(|r| r.try_get::<_, Option<i64>>(0).ok().flatten()))
 }
@@ -40,7 +40,7 @@ pub async fn forget_kind(
     group: &str,
     plural: &str,
 ) -> Result<u64, String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
     client
         .execute(
             "DELETE FROM krateo_ingester_watch_state
@@ -48,19 +48,19 @@ pub async fn forget_kind(
             &[&cluster, &group, &plural],
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| super::error_chain(&e))
 }
 
 /// Drops the resume point of one scope (its history is not the server's any more).
 pub async fn forget(pool: &Pool, cluster: &str, scope: &str) -> Result<u64, String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
     client
         .execute(
             "DELETE FROM krateo_ingester_watch_state WHERE cluster_name = $1 AND scope = $2",
             &[&cluster, &scope],
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| super::error_chain(&e))
 }
 
 /// The key under which the cluster identity the resume points and rows of a cluster name come
@@ -94,8 +94,11 @@ pub async fn adopt_identity(
     cluster: &str,
     cluster_id: &str,
 ) -> Result<Adopted, String> {
-    let mut client = pool.get().await.map_err(|e| e.to_string())?;
-    let tx = client.transaction().await.map_err(|e| e.to_string())?;
+    let mut client = pool.get().await.map_err(|e| super::error_chain(&e))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| super::error_chain(&e))?;
     let ours = identity_key(cluster_id);
     // Two replicas starting at once adopt in turn.
     tx.execute(
@@ -103,14 +106,14 @@ pub async fn adopt_identity(
         &[&cluster],
     )
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| super::error_chain(&e))?;
     let recorded: Vec<String> = tx
         .query(
             "SELECT scope FROM krateo_ingester_watch_state WHERE cluster_name = $1 AND starts_with(scope, $2)",
             &[&cluster, &IDENTITY_PREFIX],
         )
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| super::error_chain(&e))?
         .iter()
         .filter_map(|r| r.try_get::<_, Option<String>>(0).ok().flatten())
         .collect();
@@ -124,7 +127,7 @@ pub async fn adopt_identity(
                 &[&cluster],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| super::error_chain(&e))?;
             let rows_cleared = tx
                 .execute(
                     "UPDATE krateo_resources SET object_resource_version = NULL
@@ -132,7 +135,7 @@ pub async fn adopt_identity(
                     &[&cluster],
                 )
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| super::error_chain(&e))?;
             Adopted::Changed {
                 previous: previous
                     .strip_prefix(IDENTITY_PREFIX)
@@ -148,14 +151,14 @@ pub async fn adopt_identity(
         &[&cluster, &ours],
     )
     .await
-    .map_err(|e| e.to_string())?;
-    tx.commit().await.map_err(|e| e.to_string())?;
+    .map_err(|e| super::error_chain(&e))?;
+    tx.commit().await.map_err(|e| super::error_chain(&e))?;
     Ok(adopted)
 }
 
 /// Stores `rv` unless a newer point is already stored (resourceVersions only grow).
 pub async fn save(pool: &Pool, cluster: &str, scope: &str, rv: i64) -> Result<(), String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
     client
         .execute(
             "INSERT INTO krateo_ingester_watch_state (cluster_name, scope, resource_version) VALUES ($1, $2, $3)
@@ -164,7 +167,7 @@ pub async fn save(pool: &Pool, cluster: &str, scope: &str, rv: i64) -> Result<()
             &[&cluster, &scope, &rv],
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| super::error_chain(&e))?;
     Ok(())
 }
 

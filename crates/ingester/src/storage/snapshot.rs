@@ -66,7 +66,7 @@ impl ScopeSnapshot {
     /// watched at: then only a list rewrites them (a resume point of this version, stored
     /// before another version was watched, would leave them there).
     pub async fn has_rows_at_other_versions(pool: &Pool, scope: &Scope) -> Result<bool, String> {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
+        let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
         let row = client
             .query_opt(
                 "SELECT 1 FROM krateo_resources
@@ -83,7 +83,7 @@ impl ScopeSnapshot {
                 ],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| super::error_chain(&e))?;
         Ok(row.is_some())
     }
 
@@ -92,7 +92,7 @@ impl ScopeSnapshot {
     /// the presenter's partial indexes cover, and a list reads them anyway; a deleted row's
     /// version is covered by the resume point stored after it.)
     pub async fn newest_version(pool: &Pool, scope: &Scope) -> Result<Option<i64>, String> {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
+        let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
         let row = client
             .query_one(
                 "SELECT max(object_resource_version) FROM krateo_resources
@@ -106,7 +106,7 @@ impl ScopeSnapshot {
                 ],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| super::error_chain(&e))?;
         Ok(row.try_get::<_, Option<i64>>(0).ok().flatten())
     }
 
@@ -116,7 +116,7 @@ impl ScopeSnapshot {
     /// row without one) and its sweep mark deleted every row it lacks (the tombstone guard
     /// spares only rows newer than the list). Returns how many rows were cleared.
     pub async fn forget_versions(pool: &Pool, scope: &Scope) -> Result<u64, String> {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
+        let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
         client
             .execute(
                 "UPDATE krateo_resources SET object_resource_version = NULL
@@ -125,12 +125,12 @@ impl ScopeSnapshot {
                 &[&scope.cluster, &scope.group, &scope.plural, &scope.namespace],
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| super::error_chain(&e))
     }
 
     /// Loads the live rows of a scope (streamed, so only the pairs are held).
     pub async fn load(pool: &Pool, scope: &Scope) -> Result<ScopeSnapshot, String> {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
+        let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
         let stmt = client
             .prepare_cached(
                 "SELECT uid, CASE WHEN resource_version = $4 THEN object_resource_version END
@@ -139,7 +139,7 @@ impl ScopeSnapshot {
                     AND deleted_at IS NULL AND ($5::text IS NULL OR namespace = $5)",
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| super::error_chain(&e))?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
             &scope.cluster,
             &scope.group,
@@ -150,10 +150,14 @@ impl ScopeSnapshot {
         let stream = client
             .query_raw(&stmt, params)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| super::error_chain(&e))?;
         pin_mut!(stream);
         let mut rows = HashMap::new();
-        while let Some(row) = stream.try_next().await.map_err(|e| e.to_string())? {
+        while let Some(row) = stream
+            .try_next()
+            .await
+            .map_err(|e| super::error_chain(&e))?
+        {
             // A row without a uid (a table written by someone else) cannot be an object's
             // row: it is neither compared nor swept.
             if let Ok(Some(uid)) = row.try_get::<_, Option<String>>(0) {

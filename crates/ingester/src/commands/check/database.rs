@@ -49,7 +49,7 @@ pub(super) async fn checks(config: &Config, report: &mut Report) -> Option<Clien
 
 /// The server, the role and how the connection is protected.
 async fn server_checks(config: &Config, client: &Client) -> Vec<Check> {
-    let target = format!("{}:{}/{}", config.db_host, config.db_port, config.db_name);
+    let target = config.db_target();
     let facts = client
         .query_one(
             "SELECT current_setting('server_version'), current_user::text,
@@ -72,7 +72,7 @@ async fn server_checks(config: &Config, client: &Client) -> Vec<Check> {
                     config.db_params.sslmode,
                     ssl,
                     tls.as_deref(),
-                    &config.db_host,
+                    &config.db_host.to_string(),
                 ),
             ]
         }
@@ -89,7 +89,7 @@ async fn schema_checks(config: &Config, client: &Client, found: &Inspection) -> 
     let columns = if found.table {
         schema::check_columns(client)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| crate::storage::error_chain(&e))
     } else {
         Ok(())
     };
@@ -98,7 +98,7 @@ async fn schema_checks(config: &Config, client: &Client, found: &Inspection) -> 
         Some(
             schema::check_privileges(client, &found.role, config.history)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| crate::storage::error_chain(&e)),
         )
     } else {
         None

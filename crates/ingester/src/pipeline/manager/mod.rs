@@ -219,7 +219,12 @@ impl Manager {
 
 /// Kinds of `groups` with live rows.
 async fn live_kinds(ctx: &WatchContext, groups: &[String]) -> Result<Vec<LiveKind>, String> {
-    let client = ctx.db.pool.get().await.map_err(|e| e.to_string())?;
+    let client = ctx
+        .db
+        .pool
+        .get()
+        .await
+        .map_err(|e| crate::storage::error_chain(&e))?;
     let rows = client
         .query(
             "SELECT resource_group, resource_plural, bool_or(namespace = ''), min(resource_version)
@@ -230,7 +235,7 @@ async fn live_kinds(ctx: &WatchContext, groups: &[String]) -> Result<Vec<LiveKin
             &[&ctx.cluster.to_string(), &groups],
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::storage::error_chain(&e))?;
     Ok(rows
         .iter()
         .filter_map(|r| {

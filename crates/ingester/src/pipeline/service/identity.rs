@@ -29,11 +29,12 @@ pub(super) async fn claim_cluster_name(
 ) -> anyhow::Result<ClusterIdentity> {
     let identity =
         crate::kubernetes::cluster::identify(config.cluster_id.as_deref(), client).await?;
-    let conn = db
-        .pool
-        .get()
-        .await
-        .map_err(|e| anyhow::anyhow!("recording the owner of CLUSTER_NAME: {e}"))?;
+    let conn = db.pool.get().await.map_err(|e| {
+        anyhow::anyhow!(
+            "recording the owner of CLUSTER_NAME: {}",
+            crate::storage::error_chain(&e)
+        )
+    })?;
     let outcome = crate::storage::clusters::claim(&conn, cluster, &identity).await?;
     crate::telemetry::events::ClusterNameOwned {
         cluster,

@@ -104,8 +104,15 @@ pub enum SchemaError {
         missing: Vec<String>,
         grants: Vec<String>,
     },
+    /// The server's refusal, described by [`crate::storage::describe_db_error`].
     #[error("schema set-up failed: {0}")]
-    Db(#[from] tokio_postgres::Error),
+    Db(String),
+}
+
+impl From<tokio_postgres::Error> for SchemaError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SchemaError::Db(crate::storage::describe_db_error(&e))
+    }
 }
 
 /// Checks the schema and adds what is missing when the role may; with everything in place it
@@ -133,7 +140,7 @@ pub async fn ensure_schema_with(client: &Client, history: bool) -> Result<Schema
             Ok(applied) => info!(?applied, lz4, "schema migrations applied"),
             // The catalog said we may, the server said no (e.g. a policy we cannot see).
             Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
-                warn!(error = %e, "adding the missing schema pieces was refused");
+                warn!(error = %crate::storage::describe_db_error(&e), "adding the missing schema pieces was refused");
                 return Err(needs_migration(&found));
             }
             Err(e) => return Err(e.into()),

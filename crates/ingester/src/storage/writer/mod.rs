@@ -207,16 +207,21 @@ impl BatchWriter {
         tombstones: &[Tombstone],
         change_feed: bool,
     ) -> Result<FlushStats, AttemptError> {
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| AttemptError::Transient(format!("connection pool: {e}")))?;
+        let mut client = self.pool.get().await.map_err(|e| {
+            AttemptError::Transient(format!(
+                "connection pool: {}",
+                crate::storage::error_chain(&e)
+            ))
+        })?;
         let result = self
             .transaction(&mut client, records, tombstones, change_feed)
             .await;
-        if let Err(AttemptError::Transient(e)) = &result {
-            if e.contains("cached plan") {
+        if let Err(e) = &result {
+            if e.is_read_only() {
+                // A standby or demoted primary behind the address: the next attempt connects
+                // afresh, through the address, and may reach the primary again.
+                drop(deadpool_postgres::Object::take(client));
+            } else if matches!(e, AttemptError::Transient(m) if m.contains("cached plan")) {
                 // The owner changed the table under our prepared statements: prepare anew.
                 client.statement_cache.clear();
             }

@@ -76,6 +76,9 @@ fn verdict(
     }
 }
 
+/// How [`crate::storage::describe_db_error`] begins a read-only refusal (SQLSTATE 25006).
+const READ_ONLY: &str = "SQLSTATE 25006:";
+
 #[derive(Debug)]
 pub(super) enum AttemptError {
     Data(String),
@@ -84,16 +87,19 @@ pub(super) enum AttemptError {
 }
 
 impl AttemptError {
+    /// The server refused to write (a standby, a demoted primary): the connection that
+    /// answered so must not be used again. Never a data error (class 25, stage `Rows`).
+    pub(super) fn is_read_only(&self) -> bool {
+        matches!(self, AttemptError::Transient(e) if e.starts_with(READ_ONLY))
+    }
+
     /// Classifies `e` from `stage` (see [`verdict`]).
     pub(super) fn at(stage: Stage) -> impl Fn(tokio_postgres::Error) -> AttemptError {
         move |e| {
             let db = e.as_db_error();
-            // `Display` of a server error omits the detail; the code and message name it (never
-            // a password; a row's data only in the detail, which is not kept).
-            let msg = match db {
-                Some(db) => format!("{}: {}", db.code().code(), db.message()),
-                None => e.to_string(),
-            };
+            // The code and message name the error (never a password; a row's data only in
+            // the detail, which is not kept).
+            let msg = crate::storage::describe_db_error(&e);
             match verdict(
                 stage,
                 db.map(|d| d.code().code()),

@@ -1,0 +1,207 @@
+//! The database's own faults (issue 21), with real parts only: a private primary and its
+//! streaming standby (`testkit::pg_replica`), a TCP proxy playing the read-write service,
+//! kube-sim in-process, the ingester binary as a child process.
+//!
+//! - Several hosts: `DB_HOST` lists the standby first and the primary second; with
+//!   `target_session_attrs=read-write` the rows land on the primary, without it the standby
+//!   answers and refuses the writes (SQLSTATE 25006, said in the log).
+//! - A read-only window: the read-write address reaches the standby while objects change; the
+//!   log and `/readyz` say 25006; once the standby is promoted every change lands, nothing is
+//!   dropped, the ingester never restarted.
+//!
+//! Run: `cargo test -p resources-ingester --test db_failover`
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use kube_sim::{KubeSim, SimConfig};
+use serde_json::json;
+use testkit::converge::{self, CheckScope};
+use testkit::pg::TestDb;
+use testkit::pg_replica::PgPair;
+use testkit::process::IngesterProcess;
+use testkit::proxy::TcpProxy;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+const REPLAY: Duration = Duration::from_secs(30);
+const PARAMS: &str = "sslmode=disable&connect_timeout=2";
+
+/// A primary with a standby, a database on both (replayed), kube-sim with a namespace and
+/// a few ConfigMaps. `None`: no PostgreSQL binaries (skipped, or failed under CI).
+async fn rig() -> anyhow::Result<Option<(PgPair, Harness)>> {
+    let Some(pair) = PgPair::start()? else {
+        testkit::missing_tool(
+            "PostgreSQL binaries (initdb, pg_ctl, pg_basebackup under /usr/lib/postgresql/*/bin or PG_BIN_DIR)",
+        )?;
+        return Ok(None);
+    };
+    let db = TestDb::create_on(pair.primary.server()).await?;
+    pair.wait_replayed(REPLAY).await?;
+    let sim = KubeSim::start(SimConfig::default()).await?;
+    let store = sim.store();
+    store.create(namespace("team-a"))?;
+    for i in 0..5 {
+        store.create(configmap(
+            "team-a",
+            &format!("cm-{i}"),
+            json!({"i": i.to_string()}),
+        ))?;
+    }
+    let dir = tempfile::tempdir()?;
+    sim.write_kubeconfig(&dir.path().join("kubeconfig"))?;
+    Ok(Some((pair, Harness { sim, db, dir })))
+}
+
+fn addr(port: u16) -> anyhow::Result<SocketAddr> {
+    Ok(format!("127.0.0.1:{port}").parse()?)
+}
+
+/// The ingester's sessions on `server`.
+async fn sessions_on(server: testkit::pg::PgServer) -> anyhow::Result<i64> {
+    let c = server.connect("postgres").await?;
+    let row = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'resources-ingester'",
+            &[],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Every `ingester_records_dropped_total` series, summed (0 when none was ever counted).
+async fn records_dropped(ing: &IngesterProcess) -> anyhow::Result<f64> {
+    let text = ing.metrics().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("ingester_records_dropped_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+async fn wait_converged_on(
+    h: &Harness,
+    client: &tokio_postgres::Client,
+    ing: &IngesterProcess,
+) -> anyhow::Result<()> {
+    let scope = CheckScope::workload(CLUSTER);
+    match converge::wait_converged(&h.store(), client, &scope, CONVERGE).await {
+        Ok(v) => {
+            eprintln!("verdict: {v}");
+            Ok(())
+        }
+        Err(e) => anyhow::bail!("{e:#}\ningester log:\n{}", ing.log()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_hosts_with_read_write_skip_the_standby_listed_first() -> anyhow::Result<()> {
+    let Some((pair, h)) = rig().await? else {
+        return Ok(());
+    };
+    let ports = format!("{},{}", pair.standby.port, pair.primary.port);
+    let read_write = format!("{PARAMS}&target_session_attrs=read-write");
+    let hosts = [
+        ("DB_HOST", "127.0.0.1,127.0.0.1"),
+        ("DB_PORT", ports.as_str()),
+    ];
+    let mut env = hosts.to_vec();
+    env.push(("DB_PARAMS", read_write.as_str()));
+    let mut ing = h.start_ready(&env).await?;
+    wait_converged_on(&h, &h.db.client().await?, &ing).await?;
+    assert!(
+        sessions_on(pair.primary.server()).await? > 0,
+        "the ingester writes through the primary"
+    );
+    assert_eq!(
+        sessions_on(pair.standby.server()).await?,
+        0,
+        "no session kept on the standby listed first"
+    );
+    ing.terminate(WAIT).await?;
+
+    // Without target_session_attrs the first host that answers is used: the standby, which
+    // refuses every write; the log says so with the server's SQLSTATE and message.
+    let mut env = hosts.to_vec();
+    env.push(("DB_PARAMS", PARAMS));
+    let mut refused = h.spawn(&env)?;
+    testkit::eventually(
+        "the standby's refusal in the log",
+        Duration::from_secs(30),
+        || async {
+            let log = refused.log();
+            if log.contains("SQLSTATE 25006") && log.contains("read-only transaction") {
+                Ok(Some(()))
+            } else {
+                Err(log.lines().rev().take(5).collect::<Vec<_>>().join("\n"))
+            }
+        },
+    )
+    .await?;
+    assert_ne!(
+        refused.readyz().await.ok(),
+        Some(200),
+        "never ready on a standby"
+    );
+    refused.kill();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_window_is_reported_and_writing_resumes_on_promotion() -> anyhow::Result<()> {
+    let Some((pair, h)) = rig().await? else {
+        return Ok(());
+    };
+    let service = TcpProxy::start(addr(pair.primary.port)?).await?;
+    let port = service.port.to_string();
+    let mut ing = h
+        .start_ready(&[("DB_PORT", port.as_str()), ("DB_PARAMS", PARAMS)])
+        .await?;
+    wait_converged_on(&h, &h.db.client().await?, &ing).await?;
+    let pid = ing.pid();
+    pair.wait_replayed(REPLAY).await?;
+
+    // The read-write service now reaches the standby; objects change meanwhile.
+    service.retarget(addr(pair.standby.port)?);
+    let store = h.store();
+    store.create(configmap("team-a", "made-in-window", json!({"k": "v"})))?;
+    store.update(configmap("team-a", "cm-1", json!({"i": "changed"})))?;
+    store.delete("v1", "ConfigMap", Some("team-a"), "cm-2")?;
+    let reason = testkit::eventually(
+        "/readyz 503 saying 25006",
+        Duration::from_secs(30),
+        || async {
+            match ing.readyz_body().await {
+                Ok((503, body)) if body.contains("25006") => Ok(Some(body)),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await?;
+    eprintln!("/readyz during the window: {reason}");
+    let log = ing.log();
+    assert!(
+        log.contains("SQLSTATE 25006") && log.contains("read-only transaction"),
+        "the log names the refusal; log:\n{log}"
+    );
+    assert_eq!(ing.read_metric("ingester_db_up").await?, 0.0);
+
+    // The standby becomes the primary behind the same address: writing resumes by itself.
+    pair.promote_standby()?;
+    testkit::eventually("ready again", Duration::from_secs(30), || async {
+        match ing.readyz().await {
+            Ok(200) => Ok(Some(())),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    let promoted = pair.standby.server().connect(&h.db.name).await?;
+    wait_converged_on(&h, &promoted, &ing).await?;
+    assert_eq!(records_dropped(&ing).await?, 0.0, "nothing dropped");
+    assert_eq!(ing.read_metric("ingester_db_up").await?, 1.0);
+    assert_eq!(ing.pid(), pid);
+    assert!(ing.exit_status().is_none(), "the ingester never restarted");
+    Ok(())
+}
