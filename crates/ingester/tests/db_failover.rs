@@ -9,6 +9,11 @@
 //!   log and `/readyz` say 25006; once the standby is promoted every change lands, nothing is
 //!   dropped, the ingester never restarted.
 //!
+//! - Lost commits: the standby stops receiving WAL while objects change, the primary crashes
+//!   with those commits, the standby is promoted: the running ingester notices the database
+//!   went back in time and writes what it lost again; a switchover (nothing lost) costs no
+//!   relist.
+//!
 //! Run: `cargo test -p resources-ingester --test db_failover`
 
 mod common;
@@ -73,12 +78,32 @@ async fn sessions_on(server: testkit::pg::PgServer) -> anyhow::Result<i64> {
 
 /// Every `ingester_records_dropped_total` series, summed (0 when none was ever counted).
 async fn records_dropped(ing: &IngesterProcess) -> anyhow::Result<f64> {
+    metric_sum(ing, "ingester_records_dropped_total").await
+}
+
+/// Every series of `family`, summed (0 when none was ever counted).
+async fn metric_sum(ing: &IngesterProcess, family: &str) -> anyhow::Result<f64> {
     let text = ing.metrics().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(text
         .lines()
-        .filter(|l| l.starts_with("ingester_records_dropped_total"))
+        .filter(|l| l.starts_with(family))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
+}
+
+/// The ConfigMaps' resume point in `client`'s database, and the newest resourceVersion of
+/// their rows (deleted ones too).
+async fn configmaps_point(
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<(Option<i64>, Option<i64>)> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT max(resource_version) FROM krateo_ingester_watch_state WHERE scope LIKE '/v1/configmaps/%'),
+                    (SELECT max(object_resource_version) FROM krateo_resources WHERE resource_plural = 'configmaps')",
+            &[],
+        )
+        .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
 async fn wait_converged_on(
@@ -202,6 +227,138 @@ async fn a_read_only_window_is_reported_and_writing_resumes_on_promotion() -> an
     assert_eq!(records_dropped(&ing).await?, 0.0, "nothing dropped");
     assert_eq!(ing.read_metric("ingester_db_up").await?, 1.0);
     assert_eq!(ing.pid(), pid);
+    assert!(ing.exit_status().is_none(), "the ingester never restarted");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_lost_in_a_failover_are_written_again_by_the_running_ingester() -> anyhow::Result<()>
+{
+    let Some((pair, h)) = rig().await? else {
+        return Ok(());
+    };
+    let service = TcpProxy::start(addr(pair.primary.port)?).await?;
+    let port = service.port.to_string();
+    let env = [
+        ("DB_PORT", port.as_str()),
+        ("DB_PARAMS", PARAMS),
+        ("CHECKPOINT_INTERVAL", "1s"),
+    ];
+    let mut ing = h.start_ready(&env).await?;
+    let primary = h.db.client().await?;
+    wait_converged_on(&h, &primary, &ing).await?;
+    let pid = ing.pid();
+    pair.wait_replayed(REPLAY).await?;
+
+    // The standby stops receiving WAL; a window of creates, updates and deletes reaches only
+    // the primary, with the resume points stored after them.
+    pair.standby.pg_stop()?;
+    let store = h.store();
+    store.create(configmap("team-a", "made-in-window", json!({"k": "v"})))?;
+    store.update(configmap("team-a", "cm-1", json!({"i": "changed"})))?;
+    store.delete("v1", "ConfigMap", Some("team-a"), "cm-2")?;
+    store.delete("v1", "ConfigMap", Some("team-a"), "cm-3")?;
+    wait_converged_on(&h, &primary, &ing).await?;
+    testkit::eventually("the window's resume point stored", CONVERGE, || async {
+        match configmaps_point(&primary).await {
+            Ok((Some(point), Some(newest))) if point >= newest => Ok(Some(())),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+
+    // The primary crashes with them; the standby is promoted and takes the address.
+    pair.crash_primary()?;
+    pair.standby.pg_start()?;
+    pair.promote_standby()?;
+    let promoted = pair.standby.server().connect(&h.db.name).await?;
+    let lost: i64 = promoted
+        .query_one(
+            "SELECT count(*) FROM krateo_resources WHERE resource_name = 'made-in-window'",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    assert_eq!(
+        lost, 0,
+        "the window's commits are lost on the promoted standby"
+    );
+    let monitor = converge::LiveObjectMonitor::start(
+        store.clone(),
+        pair.standby.server().connect(&h.db.name).await?,
+        CLUSTER,
+        Duration::from_millis(50),
+    );
+    service.retarget(addr(pair.standby.port)?);
+
+    wait_converged_on(&h, &promoted, &ing).await?;
+    testkit::eventually("the rewind counted", CONVERGE, || async {
+        match ing.read_metric("ingester_database_rewinds_total").await {
+            Ok(v) if v >= 1.0 => Ok(Some(())),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    assert!(
+        ing.log().contains("the database went back in time"),
+        "the log says so"
+    );
+    testkit::eventually(
+        "resume points and coverage stored again",
+        CONVERGE,
+        || async {
+            let coverage: i64 = promoted
+                .query_one("SELECT count(*) FROM krateo_ingester_coverage", &[])
+                .await
+                .map_err(|e| e.to_string())?
+                .try_get(0)
+                .map_err(|e| e.to_string())?;
+            match configmaps_point(&promoted).await {
+                Ok((Some(point), Some(newest))) if point >= newest && coverage > 0 => Ok(Some(())),
+                other => Err(format!("{other:?}, coverage rows {coverage}")),
+            }
+        },
+    )
+    .await?;
+    let samples = monitor.assert_clean().await?;
+    eprintln!("live-object monitor: {samples} samples");
+    assert_eq!(records_dropped(&ing).await?, 0.0, "nothing dropped");
+    assert_eq!(ing.pid(), pid);
+    assert!(ing.exit_status().is_none(), "the ingester never restarted");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_that_loses_nothing_costs_no_relist() -> anyhow::Result<()> {
+    let Some((pair, h)) = rig().await? else {
+        return Ok(());
+    };
+    let service = TcpProxy::start(addr(pair.primary.port)?).await?;
+    let port = service.port.to_string();
+    let mut ing = h
+        .start_ready(&[("DB_PORT", port.as_str()), ("DB_PARAMS", PARAMS)])
+        .await?;
+    wait_converged_on(&h, &h.db.client().await?, &ing).await?;
+    let relists = metric_sum(&ing, "ingester_relists_total").await?;
+
+    // A clean stop sends the standby every WAL record before it ends: nothing is lost.
+    pair.primary.pg_stop()?;
+    pair.promote_standby()?;
+    service.retarget(addr(pair.standby.port)?);
+    let store = h.store();
+    store.create(configmap("team-a", "after-switchover", json!({"k": "v"})))?;
+    store.delete("v1", "ConfigMap", Some("team-a"), "cm-4")?;
+    let promoted = pair.standby.server().connect(&h.db.name).await?;
+    wait_converged_on(&h, &promoted, &ing).await?;
+    assert_eq!(
+        metric_sum(&ing, "ingester_relists_total").await?,
+        relists,
+        "no relist"
+    );
+    assert_eq!(
+        ing.read_metric("ingester_database_rewinds_total").await?,
+        0.0
+    );
     assert!(ing.exit_status().is_none(), "the ingester never restarted");
     Ok(())
 }

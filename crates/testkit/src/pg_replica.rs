@@ -60,6 +60,15 @@ impl PgPair {
         .await
     }
 
+    /// The primary crashes (`pg_ctl stop -m immediate`): what the standby has not received
+    /// is lost when it is promoted.
+    pub fn crash_primary(&self) -> anyhow::Result<()> {
+        self.primary.run(
+            "pg_ctl",
+            &["-D", &self.primary.data(), "-m", "immediate", "-w", "stop"],
+        )
+    }
+
     /// `pg_ctl promote`: the standby leaves recovery and accepts writes (waits until it does).
     pub fn promote_standby(&self) -> anyhow::Result<()> {
         self.standby.run(

@@ -1,6 +1,7 @@
 //! PostgreSQL: connection pool, start-up wait, schema, batch writer, scope snapshots.
 
 pub mod clusters;
+pub mod commit_marks;
 pub mod feed;
 pub mod history;
 pub mod ownership;
@@ -122,6 +123,8 @@ fn own_text(e: &(dyn std::error::Error + 'static)) -> String {
 pub struct Database {
     pub pool: Pool,
     pub schema: SchemaInfo,
+    /// This process's commit marks: every new connection checks the database kept them.
+    pub marks: std::sync::Arc<commit_marks::CommitMarks>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +222,8 @@ impl Database {
         drop(client);
 
         let staging = schema::staging_ddl(schema);
+        let marks = std::sync::Arc::new(commit_marks::CommitMarks::new());
+        let hook_marks = marks.clone();
         let manager = Manager::from_config(
             pg,
             tls,
@@ -233,17 +238,25 @@ impl Database {
             .wait_timeout(Some(Duration::from_secs(30)))
             .post_create(Hook::async_fn(move |client, _| {
                 let ddl = staging.clone();
+                let marks = hook_marks.clone();
                 Box::pin(async move {
                     client
                         .batch_execute(&ddl)
                         .await
                         .map_err(HookError::Backend)?;
+                    // A new connection may reach another server (a failover): did it keep
+                    // what this process committed?
+                    marks.check(&**client).await.map_err(HookError::Backend)?;
                     Ok(())
                 })
             }))
             .build()
             .map_err(|e| ConnectError::Setup(format!("connection pool: {}", error_chain(&e))))?;
-        Ok(Database { pool, schema })
+        Ok(Database {
+            pool,
+            schema,
+            marks,
+        })
     }
 
     /// One round trip: used by readiness.

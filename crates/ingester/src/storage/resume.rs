@@ -156,9 +156,22 @@ pub async fn adopt_identity(
     Ok(adopted)
 }
 
-/// Stores `rv` unless a newer point is already stored (resourceVersions only grow).
-pub async fn save(pool: &Pool, cluster: &str, scope: &str, rv: i64) -> Result<(), String> {
-    let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
+/// Stores `rv` unless a newer point is already stored (resourceVersions only grow), and
+/// unless the database went back in time since the watch counted `rv` as committed (the
+/// commit marks' `generation` moved on): the point could cover changes the database lost.
+/// Checked after taking the connection, whose set-up is where a rewind is found. Returns
+/// whether the point was stored.
+pub async fn save(
+    db: &super::Database,
+    cluster: &str,
+    scope: &str,
+    rv: i64,
+    generation: u64,
+) -> Result<bool, String> {
+    let client = db.pool.get().await.map_err(|e| super::error_chain(&e))?;
+    if db.marks.generation() != generation {
+        return Ok(false);
+    }
     client
         .execute(
             "INSERT INTO krateo_ingester_watch_state (cluster_name, scope, resource_version) VALUES ($1, $2, $3)
@@ -168,7 +181,7 @@ pub async fn save(pool: &Pool, cluster: &str, scope: &str, rv: i64) -> Result<()
         )
         .await
         .map_err(|e| super::error_chain(&e))?;
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -337,6 +337,20 @@ impl DatabaseReachability<'_> {
     }
 }
 
+/// The database went back in time: commits it acknowledged to this process are gone (a
+/// failover to a standby behind the primary, a restore). Every watch starts again from the
+/// resume points the database holds; the coverage is stored again.
+pub struct DatabaseRewound {
+    pub committed_mark: i64,
+    pub found_mark: Option<i64>,
+}
+impl DatabaseRewound {
+    pub fn emit(&self, m: &Metrics) {
+        warn!(committed_mark = self.committed_mark, found_mark = self.found_mark.unwrap_or(0), "the database went back in time: commits it acknowledged are gone (a failover to a standby behind the primary, a restore); every watch starts again from the resume points it holds");
+        m.database_rewinds.inc();
+    }
+}
+
 /// A watch resumed from its stored resume point instead of listing, or could not (410).
 pub struct WatchResumed<'a> {
     pub resource: &'a str,

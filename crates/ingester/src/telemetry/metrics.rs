@@ -101,6 +101,8 @@ metric_families! {
     watch_resumes: Family<Labels, Counter> = "ingester_watch_resumes",
         "Watches started from a stored resume point instead of a list, by outcome (resumed, expired, history_behind: the server's resourceVersion was below the point, another history)",
         zero "outcome" ["resumed", "expired", "history_behind"];
+    database_rewinds: Counter = "ingester_database_rewinds",
+        "Times the database went back in time (commits it had acknowledged were gone: a failover to a standby behind the primary, a restore); each restarts every watch from the resume points the database holds";
     sweep_deletes: Counter = "ingester_sweep_deletes",
         "Rows marked deleted because a list no longer had their object";
     rows_retired: Counter = "ingester_rows_retired",

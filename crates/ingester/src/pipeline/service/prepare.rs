@@ -33,7 +33,49 @@ pub(super) async fn prepare_table(
         .await;
     }
     adopt_identity(db, cluster, identity).await?;
+    if let Err(e) = crate::storage::commit_marks::clean_up(&db.pool).await {
+        tracing::warn!(error = %e, "commit marks of processes gone for a week not dropped");
+    }
     retire_uncovered_rows(db, cluster, config, routes, groups, metrics).await
+}
+
+/// After each time the database went back in time (the watches restart on their own): says
+/// so, and stores this run's coverage again (it may be among the lost commits), retiring what
+/// the coverage the database went back to says, as at start-up. Retried until done.
+pub(super) async fn after_rewinds(
+    db: Database,
+    cluster: std::sync::Arc<str>,
+    config: Config,
+    routes: StaticRoutes,
+    groups: ManagedGroups,
+    metrics: std::sync::Arc<Metrics>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut rewinds = db.marks.subscribe();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = rewinds.changed() => if changed.is_err() { return },
+        }
+        if let Some(rewind) = rewinds.borrow_and_update().last.clone() {
+            crate::telemetry::events::DatabaseRewound {
+                committed_mark: rewind.committed,
+                found_mark: rewind.found,
+            }
+            .emit(&metrics);
+        }
+        let mut delay = std::time::Duration::from_millis(200);
+        while let Err(e) =
+            retire_uncovered_rows(&db, &cluster, &config, &routes, &groups, &metrics).await
+        {
+            tracing::warn!(error = %e, "coverage not stored again after the database went back in time; retrying");
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+        }
+    }
 }
 
 /// Rows of scopes this instance watched in an earlier run and no longer watches are marked

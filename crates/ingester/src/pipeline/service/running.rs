@@ -68,7 +68,8 @@ pub(super) fn start_lanes(
                 history: config.history,
                 change_feed: config.change_feed,
             },
-        ),
+        )
+        .with_commit_marks(cluster.clone(), db.marks.clone()),
         metrics.clone(),
         health.clone(),
         &tracker,
@@ -161,6 +162,18 @@ fn start_watches(
         ));
     }
     drop(crd_tx);
+    tracker.spawn(named(
+        "database rewinds",
+        super::prepare::after_rewinds(
+            ctx.db.clone(),
+            ctx.cluster.clone(),
+            config.clone(),
+            routes.clone(),
+            groups.clone(),
+            ctx.metrics.clone(),
+            watches.clone(),
+        ),
+    ));
     let manager = Manager::new(
         ctx.clone(),
         groups,

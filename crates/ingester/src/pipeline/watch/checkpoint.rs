@@ -121,12 +121,14 @@ pub(super) struct Checkpoints {
 impl Checkpoints {
     /// Stores the resume point and reports the committed changes in the background once the
     /// lanes have committed everything queued so far (one checkpoint at a time; never forces
-    /// a flush).
+    /// a flush). `generation`: the database's rewinds the watch's progress already accounts
+    /// for; a rewind found meanwhile voids the point.
     pub(super) fn tick(
         &mut self,
         progress: &mut Progress,
         ctx: &Arc<WatchContext>,
         series: &Arc<WatchSeries>,
+        generation: u64,
     ) {
         if self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
@@ -148,7 +150,8 @@ impl Checkpoints {
                     series.committed(at, rv);
                 }
                 if let Some(rv) = plan.store {
-                    if let Err(e) = resume::save(&ctx.db.pool, &ctx.cluster, &key, rv).await {
+                    if let Err(e) = resume::save(&ctx.db, &ctx.cluster, &key, rv, generation).await
+                    {
                         debug!(scope = %key, error = %e, "resume point not stored; a restart lists from an older one");
                     }
                 }
@@ -169,13 +172,14 @@ impl Checkpoints {
     }
 }
 
-/// On shutdown: flush what this watch queued and store how far it got.
-pub(super) async fn final_checkpoint(ctx: &WatchContext, progress: &Progress) {
+/// On shutdown: flush what this watch queued and store how far it got (unless the database
+/// went back in time since: see [`Checkpoints::tick`]).
+pub(super) async fn final_checkpoint(ctx: &WatchContext, progress: &Progress, generation: u64) {
     let Some(rv) = progress.ahead().filter(|_| ctx.resume) else {
         return;
     };
     if ctx.lanes.barrier().await.is_ok() {
-        if let Err(e) = resume::save(&ctx.db.pool, &ctx.cluster, &progress.key, rv).await {
+        if let Err(e) = resume::save(&ctx.db, &ctx.cluster, &progress.key, rv, generation).await {
             warn!(scope = %progress.key, error = %e, "resume point not stored at shutdown");
         }
     }

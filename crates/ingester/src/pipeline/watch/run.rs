@@ -48,7 +48,9 @@ pub async fn run_watch(
     crd_events: Option<mpsc::Sender<CrdEvent>>,
 ) {
     let _active = ActiveWatch::new(ctx.metrics.clone());
+    let mut rewinds = ctx.db.marks.subscribe();
     let mut watch = Watch::new(ctx, spec, CrdEvents(crd_events));
+    watch.generation = rewinds.borrow_and_update().generation;
     let Some(start) = watch.start(&cancel).await else {
         return;
     };
@@ -57,7 +59,18 @@ pub async fn run_watch(
     checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let step = tokio::select! {
+            // In this order: a rewind comes before a checkpoint, whose progress it voids.
+            biased;
             _ = cancel.cancelled() => break,
+            Ok(()) = rewinds.changed() => {
+                // The database went back in time: start again as at start-up, from the resume
+                // point it still holds.
+                let generation = rewinds.borrow_and_update().generation;
+                watch.database_rewound(generation).await;
+                let Some(start) = watch.start(&cancel).await else { break };
+                steps = list_watch(watch.api(), watch.settings(), start);
+                continue;
+            }
             _ = checkpoints.tick() => {
                 watch.checkpoint();
                 continue;
@@ -85,6 +98,8 @@ struct Watch {
     crd_events: CrdEvents,
     state: WatchState,
     checkpoints: Checkpoints,
+    /// The database's rewinds this watch has started again after (`storage::commit_marks`).
+    generation: u64,
 }
 
 impl Watch {
@@ -113,6 +128,7 @@ impl Watch {
             scope: spec.scope(&ctx.cluster),
             state: WatchState::new(spec.is_static, progress),
             checkpoints: Checkpoints::default(),
+            generation: 0,
             ctx,
             spec,
             crd_events,
@@ -191,8 +207,12 @@ impl Watch {
     /// A periodic checkpoint, unless a list is in progress.
     fn checkpoint(&mut self) {
         if !self.state.listing() {
-            self.checkpoints
-                .tick(&mut self.state.progress, &self.ctx, &self.series);
+            self.checkpoints.tick(
+                &mut self.state.progress,
+                &self.ctx,
+                &self.series,
+                self.generation,
+            );
         }
     }
 
@@ -200,8 +220,17 @@ impl Watch {
     async fn stop(mut self) {
         self.checkpoints.stop(&mut self.state.progress).await;
         if !self.state.listing() {
-            final_checkpoint(&self.ctx, &self.state.progress).await;
+            final_checkpoint(&self.ctx, &self.state.progress, self.generation).await;
         }
+    }
+
+    /// The database went back in time (rewind `generation`): no checkpoint in flight may
+    /// store a point counted before it, and the watch forgets how far it got.
+    async fn database_rewound(&mut self, generation: u64) {
+        self.checkpoints.stop(&mut self.state.progress).await;
+        self.generation = generation;
+        self.state.database_rewound();
+        debug!(resource = %self.label, "the database went back in time; watching again from the resume point it holds");
     }
 
     async fn apply(&mut self, step: Step, cancel: &CancellationToken) -> Result<(), LanesClosed> {

@@ -188,6 +188,19 @@ impl WatchState {
         self.resuming_from.take()
     }
 
+    /// The database went back in time: what the watch counted as committed (its progress, a
+    /// list's snapshot, a backlog) may be gone. It starts again as at start-up, from the
+    /// resume point the database still holds, keeping only what readiness was told; a list
+    /// that follows says why (`database_rewound`).
+    pub(super) fn database_rewound(&mut self) {
+        let key = self.progress.key().to_owned();
+        self.progress = Progress::new(key);
+        self.list = None;
+        self.catching_up_to = None;
+        self.resuming_from = None;
+        self.last_error = Some("database_rewound");
+    }
+
     pub(super) fn failed(&mut self, f: &Failure) -> AfterFailure {
         let resume_expired = if f.reason == FailureReason::Expired {
             self.resuming_from.take()
@@ -398,6 +411,33 @@ mod tests {
         assert!(
             !s.failed(&failure(FailureReason::NotFound, true))
                 .ready_anyway
+        );
+    }
+
+    #[test]
+    fn a_database_rewind_starts_the_watch_afresh_but_keeps_readiness() {
+        let mut s = state(true);
+        s.stored_point(10);
+        s.resumed(10, Some(15));
+        s.seen(Some(20), 1.0);
+        s.list_loaded(Some(ListInProgress::new(snapshot(&[]), None)));
+        s.database_rewound();
+        assert!(!s.listing(), "a list in progress is void");
+        assert_eq!(s.progress.ahead(), None, "nothing counts as queued");
+        assert!(!s.caught_up_at(15), "no backlog to wait for");
+        assert_eq!(s.list_started(), "initial", "readiness not told yet");
+        assert!(s.mark_listed());
+        // Once ready, a rewind keeps it so and says why the watch lists again.
+        s.database_rewound();
+        assert!(!s.mark_listed(), "readiness was already told");
+        assert_eq!(s.list_started(), "database_rewound");
+        // Resuming from the database's point: an expiry is reported against it.
+        s.database_rewound();
+        s.stored_point(7);
+        assert_eq!(
+            s.failed(&failure(FailureReason::Expired, true))
+                .resume_expired,
+            Some(7)
         );
     }
 

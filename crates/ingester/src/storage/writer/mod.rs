@@ -18,6 +18,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 
+use super::commit_marks::{self, CommitMarks};
 use super::feed::{self, Change};
 use crate::row::record::Record;
 use crate::telemetry::events::{ChangeFeedSkipped, RecordDropped, RecordSanitised};
@@ -64,6 +65,8 @@ pub struct BatchWriter {
     metrics: Arc<Metrics>,
     options: WriterOptions,
     statements: Arc<Statements>,
+    /// Where each batch stores its commit mark (the cluster of the rows, the marks).
+    marks: Option<(Arc<str>, Arc<CommitMarks>)>,
 }
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -80,7 +83,15 @@ impl BatchWriter {
             metrics,
             options,
             statements: Arc::new(Statements::new(options)),
+            marks: None,
         }
+    }
+
+    /// Every batch also stores a commit mark (`storage::commit_marks`), so that a database
+    /// that went back in time is noticed.
+    pub fn with_commit_marks(mut self, cluster: Arc<str>, marks: Arc<CommitMarks>) -> Self {
+        self.marks = Some((cluster, marks));
+        self
     }
 
     /// Writes one batch. `Err` means nothing could be decided (the database is unreachable):
@@ -263,8 +274,25 @@ impl BatchWriter {
                     .map_err(AttemptError::at(Stage::Notify))?;
             }
         }
+        let mark = match &self.marks {
+            Some((cluster, marks)) => {
+                let mark = marks.next_mark();
+                let store = tx
+                    .prepare_cached(commit_marks::STORE_SQL)
+                    .await
+                    .map_err(AttemptError::at(Stage::Open))?;
+                tx.execute(&store, &[&&**cluster, &marks.prefix(), &mark])
+                    .await
+                    .map_err(AttemptError::at(Stage::Open))?;
+                Some((marks, mark))
+            }
+            None => None,
+        };
         let commit = if notified { Stage::Commit } else { Stage::Open };
         tx.commit().await.map_err(AttemptError::at(commit))?;
+        if let Some((marks, mark)) = mark {
+            marks.committed(mark);
+        }
         Ok(stats)
     }
 }
