@@ -159,12 +159,10 @@ async fn check_pooling(h: &Harness, bouncer: &PgBouncer) -> anyhow::Result<(i32,
     })
     .await??;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("database pooling "))
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("no 'database pooling' line in:\n{stdout}"));
-    Ok((out.status.code().unwrap_or(-1), line))
+    let Some(line) = stdout.lines().find(|l| l.starts_with("database pooling ")) else {
+        anyhow::bail!("no 'database pooling' line in:\n{stdout}");
+    };
+    Ok((out.status.code().unwrap_or(-1), line.to_owned()))
 }
 
 /// The whole life of an ingester behind the bouncer in `mode`.
