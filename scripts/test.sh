@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/postgres.sh
 
+# The pooling tests start their own PgBouncer from Debian's package.
+ensure_pgbouncer_installed
 if [ -z "${TEST_PG_HOST:-}" ]; then
     ensure_pg_installed
     if pg_trust_ok 127.0.0.1 5432 || start_system_pg; then

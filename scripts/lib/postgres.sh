@@ -28,6 +28,18 @@ ensure_pg_installed() {
     [ -n "$(pg_bin_dir)" ] || { pg_log "installation failed: no /usr/lib/postgresql/*/bin"; return 1; }
 }
 
+# PgBouncer (Debian's package) for the pooling tests (crates/ingester/tests/pgbouncer.rs, which
+# start their own pgbouncer process with their own ini file; the package's service is not used).
+ensure_pgbouncer_installed() {
+    if [ -x /usr/sbin/pgbouncer ] || [ -n "${PGBOUNCER_BIN:-}" ]; then
+        return 0
+    fi
+    pg_log "pgbouncer not found; installing the Debian package"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
+    [ -x /usr/sbin/pgbouncer ] || { pg_log "installation failed: no /usr/sbin/pgbouncer"; return 1; }
+}
+
 # True when HOST:PORT accepts user postgres without a password.
 pg_trust_ok() {
     PGCONNECT_TIMEOUT=3 psql -h "$1" -p "$2" -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1

@@ -27,6 +27,7 @@ use serde_json::json;
 use testkit::converge::{self, CheckScope};
 use testkit::pg::TestDb;
 use testkit::pg_replica::PgPair;
+use testkit::pgbouncer::{PgBouncer, PoolMode};
 use testkit::process::IngesterProcess;
 use testkit::proxy::TcpProxy;
 
@@ -234,11 +235,45 @@ async fn a_read_only_window_is_reported_and_writing_resumes_on_promotion() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_lost_in_a_failover_are_written_again_by_the_running_ingester() -> anyhow::Result<()>
 {
+    lost_commits(None).await
+}
+
+/// The same behind PgBouncer in transaction mode: the ingester's connections to the pooler
+/// outlive the failover (only the pooler's server connections are cut), so no new connection
+/// of the ingester's ever meets the promoted server: the batches and the readiness ping must
+/// notice the rewind themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_lost_behind_pgbouncer_in_transaction_mode_are_written_again() -> anyhow::Result<()>
+{
+    lost_commits(Some(PoolMode::Transaction)).await
+}
+
+/// A window of changes reaches only the primary, which crashes; the standby is promoted and
+/// takes the read-write address (through a pooler in `pooler` mode when given).
+async fn lost_commits(pooler: Option<PoolMode>) -> anyhow::Result<()> {
     let Some((pair, h)) = rig().await? else {
         return Ok(());
     };
     let service = TcpProxy::start(addr(pair.primary.port)?).await?;
-    let port = service.port.to_string();
+    let bouncer = match pooler {
+        None => None,
+        Some(mode) => {
+            let behind = testkit::pg::PgServer {
+                host: "127.0.0.1".into(),
+                port: service.port,
+                ..h.db.server.clone()
+            };
+            let Some(bouncer) = PgBouncer::start(&behind, mode, 2).await? else {
+                testkit::missing_tool("pgbouncer (apt-get install pgbouncer, or PGBOUNCER_BIN)")?;
+                return Ok(());
+            };
+            Some(bouncer)
+        }
+    };
+    let port = bouncer
+        .as_ref()
+        .map_or(service.port, |b| b.port)
+        .to_string();
     let env = [
         ("DB_PORT", port.as_str()),
         ("DB_PARAMS", PARAMS),

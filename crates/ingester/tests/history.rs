@@ -669,6 +669,7 @@ async fn same_version_transitions_never_record_a_version_twice() -> anyhow::Resu
     let options = WriterOptions {
         history: true,
         change_feed: true,
+        staging_lz4: false,
     };
     let w = BatchWriter::with_options(database.pool.clone(), Arc::new(Metrics::new()), options);
     let c = db.client().await?;

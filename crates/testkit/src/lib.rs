@@ -7,6 +7,7 @@ pub mod fuzz;
 pub mod pg;
 pub mod pg18;
 pub mod pg_replica;
+pub mod pgbouncer;
 pub mod process;
 pub mod realkube;
 

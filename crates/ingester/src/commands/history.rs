@@ -4,6 +4,7 @@
 //! DB_* settings given (the table owner's, where the service's role may not).
 
 use std::fmt::Write as _;
+use tokio_postgres::types::Type;
 
 use chrono::{SecondsFormat, Utc};
 
@@ -63,7 +64,10 @@ impl From<tokio_postgres::Error> for HistoryError {
 async fn connect(config: &Config) -> Result<tokio_postgres::Client, HistoryError> {
     let client = storage::wait_for_postgres(config).await?;
     let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&history::TABLE])
+        .query_typed_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[(&history::TABLE, Type::TEXT)],
+        )
         .await?
         .get(0);
     if !exists {

@@ -6,6 +6,7 @@
 //! before any watch writes. Moving a name to a new identity (a rebuilt cluster) is an
 //! explicit operation (docs/operations.md).
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::kubernetes::cluster::ClusterIdentity;
@@ -89,10 +90,10 @@ pub fn collision(name: &str, owner: &Owner, ours: &ClusterIdentity) -> ClaimErro
 /// The recorded owner of `name` (read only: the `check` command).
 pub async fn owner(client: &Client, name: &str) -> Result<Option<Owner>, tokio_postgres::Error> {
     Ok(client
-        .query_opt(
+        .query_typed_opt(
             "SELECT cluster_id, id_source, to_char(claimed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
                FROM krateo_ingester_clusters WHERE cluster_name = $1",
-            &[&name],
+            &[(&name, Type::TEXT)],
         )
         .await?
         .map(|r| Owner {
@@ -110,10 +111,14 @@ pub async fn claim(
     ours: &ClusterIdentity,
 ) -> Result<Ownership, ClaimError> {
     let inserted = client
-        .execute(
+        .execute_typed(
             "INSERT INTO krateo_ingester_clusters (cluster_name, cluster_id, id_source)
              VALUES ($1, $2, $3) ON CONFLICT (cluster_name) DO NOTHING",
-            &[&name, &ours.id, &ours.source.as_str()],
+            &[
+                (&name, Type::TEXT),
+                (&ours.id, Type::TEXT),
+                (&ours.source.as_str(), Type::TEXT),
+            ],
         )
         .await?;
     if inserted == 1 {
@@ -124,9 +129,9 @@ pub async fn claim(
         Ownership::Free => Ok(Ownership::Free),
         Ownership::Ours => {
             client
-                .execute(
+                .execute_typed(
                     "UPDATE krateo_ingester_clusters SET last_seen_at = now() WHERE cluster_name = $1",
-                    &[&name],
+                    &[(&name, Type::TEXT)],
                 )
                 .await?;
             Ok(Ownership::Ours)

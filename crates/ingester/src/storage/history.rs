@@ -13,6 +13,7 @@
 //! (the chart's CronJob) and the service only warns when tomorrow's partition is missing.
 
 use std::sync::Arc;
+use tokio_postgres::types::Type;
 
 use chrono::{DateTime, Duration as Days, NaiveDate, Utc};
 use tokio_postgres::Client;
@@ -111,10 +112,10 @@ fn day_start(day: NaiveDate) -> DateTime<Utc> {
 /// The partitions attached to the history table (the default one excluded).
 pub async fn partitions(client: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
     Ok(client
-        .query(
+        .query_typed(
             "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
               WHERE i.inhparent = to_regclass($1) ORDER BY 1",
-            &[&TABLE],
+            &[(&TABLE, Type::TEXT)],
         )
         .await?
         .iter()
@@ -183,9 +184,9 @@ pub async fn maintain(
         done.dropped.push(name.clone());
     }
     done.expired_default_rows = client
-        .execute(
+        .execute_typed(
             &format!("DELETE FROM {DEFAULT_PARTITION} WHERE observed_at < $1"),
-            &[&plan.cutoff],
+            &[(&plan.cutoff, Type::TIMESTAMPTZ)],
         )
         .await?;
     Ok(done)
@@ -195,11 +196,11 @@ pub async fn maintain(
 /// of its owner) and may create tables in its schema.
 pub async fn may_maintain(client: &Client) -> Result<bool, tokio_postgres::Error> {
     Ok(client
-        .query_one(
+        .query_typed_one(
             "SELECT COALESCE((SELECT pg_has_role(current_user, c.relowner, 'USAGE')
                                 AND has_schema_privilege(c.relnamespace, 'CREATE')
                                 FROM pg_class c WHERE c.oid = to_regclass($1)), false)",
-            &[&TABLE],
+            &[(&TABLE, Type::TEXT)],
         )
         .await?
         .get(0))
@@ -306,12 +307,12 @@ pub async fn versions(
     global_uid: &str,
 ) -> Result<Vec<Version>, tokio_postgres::Error> {
     Ok(client
-        .query(
+        .query_typed(
             "SELECT observed_at, operation, object_resource_version, resource_kind, namespace,
                     resource_name, raw
                FROM krateo_resource_history WHERE global_uid = $1
               ORDER BY observed_at, object_resource_version NULLS LAST",
-            &[&global_uid],
+            &[(&global_uid, Type::TEXT)],
         )
         .await?
         .iter()
@@ -337,14 +338,18 @@ pub async fn find_objects(
     name: &str,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     Ok(client
-        .query(
+        .query_typed(
             "SELECT global_uid FROM krateo_resources
               WHERE resource_kind = $1 AND namespace = $2 AND resource_name = $3
              UNION
              SELECT DISTINCT global_uid FROM krateo_resource_history
               WHERE resource_kind = $1 AND namespace = $2 AND resource_name = $3
              ORDER BY 1",
-            &[&kind, &namespace, &name],
+            &[
+                (&kind, Type::TEXT),
+                (&namespace, Type::TEXT),
+                (&name, Type::TEXT),
+            ],
         )
         .await?
         .iter()

@@ -5,6 +5,7 @@ pub mod commit_marks;
 pub mod feed;
 pub mod history;
 pub mod ownership;
+pub mod pooling;
 pub mod resume;
 pub mod schema;
 pub mod snapshot;
@@ -13,7 +14,7 @@ pub mod writer;
 
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tracing::{info, warn};
 
 use crate::config::{Config, SslMode};
@@ -76,7 +77,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// 25006: cannot execute INSERT in a read-only transaction") wherever the server answered,
 /// else each cause in turn ("error connecting to server: Connection refused"). tokio-postgres
 /// shows a server error only as "db error" and deadpool wraps it once more (a failed
-/// `post_create` hook, a failed connect); the causes are walked through both. Never the
+/// failed connect); the causes are walked through both. Never the
 /// server's DETAIL or HINT (a row's values appear there, e.g. the key of a unique
 /// violation), and never a password (no error carries the connection settings).
 pub fn describe_db_error(e: &(dyn std::error::Error + 'static)) -> String {
@@ -102,13 +103,9 @@ fn own_text(e: &(dyn std::error::Error + 'static)) -> String {
     use deadpool_postgres::PoolError;
     if let Some(pool) = e.downcast_ref::<PoolError>() {
         return match pool {
-            PoolError::PostCreateHook(_) => "connection set-up (staging table)".to_owned(),
             PoolError::Backend(_) => "opening a connection".to_owned(),
             other => other.to_string().trim().to_owned(),
         };
-    }
-    if let Some(HookError::Backend(_)) = e.downcast_ref::<HookError>() {
-        return String::new();
     }
     if let Some(pg) = e.downcast_ref::<tokio_postgres::Error>() {
         if pg.as_db_error().is_some() {
@@ -118,7 +115,9 @@ fn own_text(e: &(dyn std::error::Error + 'static)) -> String {
     e.to_string().trim().to_owned()
 }
 
-/// Where the ingester's rows go: a pool of connections, each with its staging table.
+/// Where the ingester's rows go: a pool of connections. No connection carries state from one
+/// transaction to the next (no session set-up, no prepared statement kept), so the pool may
+/// sit behind a transaction pooler.
 #[derive(Clone)]
 pub struct Database {
     pub pool: Pool,
@@ -187,7 +186,7 @@ pub async fn wait_for_postgres(c: &Config) -> Result<tokio_postgres::Client, Con
 /// backend), the only place that knows after `prefer` chose.
 async fn report_transport(client: &tokio_postgres::Client, c: &Config) {
     let encrypted = match client
-        .query_opt(
+        .query_typed_opt(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
             &[],
         )
@@ -221,9 +220,7 @@ impl Database {
         let schema = schema::ensure_schema_with(&client, c.history).await?;
         drop(client);
 
-        let staging = schema::staging_ddl(schema);
         let marks = std::sync::Arc::new(commit_marks::CommitMarks::new());
-        let hook_marks = marks.clone();
         let manager = Manager::from_config(
             pg,
             tls,
@@ -236,20 +233,6 @@ impl Database {
             .runtime(Runtime::Tokio1)
             .create_timeout(Some(Duration::from_secs(10)))
             .wait_timeout(Some(Duration::from_secs(30)))
-            .post_create(Hook::async_fn(move |client, _| {
-                let ddl = staging.clone();
-                let marks = hook_marks.clone();
-                Box::pin(async move {
-                    client
-                        .batch_execute(&ddl)
-                        .await
-                        .map_err(HookError::Backend)?;
-                    // A new connection may reach another server (a failover): did it keep
-                    // what this process committed?
-                    marks.check(&**client).await.map_err(HookError::Backend)?;
-                    Ok(())
-                })
-            }))
             .build()
             .map_err(|e| ConnectError::Setup(format!("connection pool: {}", error_chain(&e))))?;
         Ok(Database {
@@ -259,10 +242,10 @@ impl Database {
         })
     }
 
-    /// One round trip: used by readiness.
-    /// Asks whether the server accepts writes: a `SELECT 1` would pass on a server in
-    /// recovery or with `default_transaction_read_only`, where every batch fails; such a
-    /// connection is closed, not kept (the next one may reach a primary).
+    /// Readiness' check, every 2 s. Asks whether the server accepts writes: a `SELECT 1`
+    /// would pass on a server in recovery or with `default_transaction_read_only`, where every
+    /// batch fails; such a connection is closed, not kept (the next one may reach a primary).
+    /// Then whether the database still holds this process's commit marks.
     pub async fn ping(&self) -> Result<(), String> {
         let client = self.pool.get().await.map_err(|e| error_chain(&e))?;
         let answer = client
@@ -279,6 +262,11 @@ impl Database {
             drop(deadpool_postgres::Object::take(client));
             return Err(READ_ONLY_SERVER.to_owned());
         }
+        // A quiet service (no batch to carry the check) notices a rewind here.
+        self.marks
+            .check(&client)
+            .await
+            .map_err(|e| error_chain(&e))?;
         Ok(())
     }
 }
@@ -297,12 +285,6 @@ mod tests {
         assert_eq!(
             describe_db_error(&timeout),
             "Timeout occurred while waiting for a slot to become available"
-        );
-        let hook: deadpool_postgres::HookError = HookError::message("no staging table");
-        let e = deadpool_postgres::PoolError::PostCreateHook(hook);
-        assert_eq!(
-            describe_db_error(&e),
-            "connection set-up (staging table): no staging table"
         );
     }
 }

@@ -4,6 +4,7 @@
 //! the server's history window then watches from there instead of relisting.
 
 use deadpool_postgres::Pool;
+use tokio_postgres::types::Type;
 
 pub const TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS krateo_ingester_watch_state (
     cluster_name text NOT NULL,
@@ -22,9 +23,9 @@ pub fn scope_key(group: &str, version: &str, plural: &str, namespace: Option<&st
 pub async fn load(pool: &Pool, cluster: &str, scope: &str) -> Result<Option<i64>, String> {
     let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
     let row = client
-        .query_opt(
+        .query_typed_opt(
             "SELECT resource_version FROM krateo_ingester_watch_state WHERE cluster_name = $1 AND scope = $2",
-            &[&cluster, &scope],
+            &[(&cluster, Type::TEXT), (&scope, Type::TEXT)],
         )
         .await
         .map_err(|e| super::error_chain(&e))?;
@@ -42,10 +43,10 @@ pub async fn forget_kind(
 ) -> Result<u64, String> {
     let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
     client
-        .execute(
+        .execute_typed(
             "DELETE FROM krateo_ingester_watch_state
               WHERE cluster_name = $1 AND split_part(scope, '/', 1) = $2 AND split_part(scope, '/', 3) = $3",
-            &[&cluster, &group, &plural],
+            &[(&cluster, Type::TEXT), (&group, Type::TEXT), (&plural, Type::TEXT)],
         )
         .await
         .map_err(|e| super::error_chain(&e))
@@ -55,9 +56,9 @@ pub async fn forget_kind(
 pub async fn forget(pool: &Pool, cluster: &str, scope: &str) -> Result<u64, String> {
     let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
     client
-        .execute(
+        .execute_typed(
             "DELETE FROM krateo_ingester_watch_state WHERE cluster_name = $1 AND scope = $2",
-            &[&cluster, &scope],
+            &[(&cluster, Type::TEXT), (&scope, Type::TEXT)],
         )
         .await
         .map_err(|e| super::error_chain(&e))
@@ -173,11 +174,11 @@ pub async fn save(
         return Ok(false);
     }
     client
-        .execute(
+        .execute_typed(
             "INSERT INTO krateo_ingester_watch_state (cluster_name, scope, resource_version) VALUES ($1, $2, $3)
              ON CONFLICT (cluster_name, scope) DO UPDATE SET resource_version = EXCLUDED.resource_version, updated_at = now()
               WHERE krateo_ingester_watch_state.resource_version < EXCLUDED.resource_version",
-            &[&cluster, &scope, &rv],
+            &[(&cluster, Type::TEXT), (&scope, Type::TEXT), (&rv, Type::INT8)],
         )
         .await
         .map_err(|e| super::error_chain(&e))?;

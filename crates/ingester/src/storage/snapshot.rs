@@ -3,6 +3,7 @@
 //! objects the list no longer has can be marked deleted. Only ids and numbers are held.
 
 use std::collections::HashMap;
+use tokio_postgres::types::Type;
 
 use deadpool_postgres::Pool;
 use futures::{pin_mut, TryStreamExt};
@@ -68,18 +69,18 @@ impl ScopeSnapshot {
     pub async fn has_rows_at_other_versions(pool: &Pool, scope: &Scope) -> Result<bool, String> {
         let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
         let row = client
-            .query_opt(
+            .query_typed_opt(
                 "SELECT 1 FROM krateo_resources
                   WHERE cluster_name = $1 AND resource_group = $2 AND resource_plural = $3
                     AND resource_version <> $4 AND deleted_at IS NULL
                     AND ($5::text IS NULL OR namespace = $5)
                   LIMIT 1",
                 &[
-                    &scope.cluster,
-                    &scope.group,
-                    &scope.plural,
-                    &scope.version,
-                    &scope.namespace,
+                    (&scope.cluster, Type::TEXT),
+                    (&scope.group, Type::TEXT),
+                    (&scope.plural, Type::TEXT),
+                    (&scope.version, Type::TEXT),
+                    (&scope.namespace, Type::TEXT),
                 ],
             )
             .await
@@ -94,15 +95,15 @@ impl ScopeSnapshot {
     pub async fn newest_version(pool: &Pool, scope: &Scope) -> Result<Option<i64>, String> {
         let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
         let row = client
-            .query_one(
+            .query_typed_one(
                 "SELECT max(object_resource_version) FROM krateo_resources
                   WHERE cluster_name = $1 AND resource_group = $2 AND resource_plural = $3
                     AND deleted_at IS NULL AND ($4::text IS NULL OR namespace = $4)",
                 &[
-                    &scope.cluster,
-                    &scope.group,
-                    &scope.plural,
-                    &scope.namespace,
+                    (&scope.cluster, Type::TEXT),
+                    (&scope.group, Type::TEXT),
+                    (&scope.plural, Type::TEXT),
+                    (&scope.namespace, Type::TEXT),
                 ],
             )
             .await
@@ -118,11 +119,11 @@ impl ScopeSnapshot {
     pub async fn forget_versions(pool: &Pool, scope: &Scope) -> Result<u64, String> {
         let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
         client
-            .execute(
+            .execute_typed(
                 "UPDATE krateo_resources SET object_resource_version = NULL
                   WHERE cluster_name = $1 AND resource_group = $2 AND resource_plural = $3
                     AND ($4::text IS NULL OR namespace = $4) AND object_resource_version IS NOT NULL",
-                &[&scope.cluster, &scope.group, &scope.plural, &scope.namespace],
+                &[(&scope.cluster, Type::TEXT), (&scope.group, Type::TEXT), (&scope.plural, Type::TEXT), (&scope.namespace, Type::TEXT)],
             )
             .await
             .map_err(|e| super::error_chain(&e))
@@ -131,24 +132,21 @@ impl ScopeSnapshot {
     /// Loads the live rows of a scope (streamed, so only the pairs are held).
     pub async fn load(pool: &Pool, scope: &Scope) -> Result<ScopeSnapshot, String> {
         let client = pool.get().await.map_err(|e| super::error_chain(&e))?;
-        let stmt = client
-            .prepare_cached(
+        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 5] = [
+            (&scope.cluster, Type::TEXT),
+            (&scope.group, Type::TEXT),
+            (&scope.plural, Type::TEXT),
+            (&scope.version, Type::TEXT),
+            (&scope.namespace, Type::TEXT),
+        ];
+        let stream = client
+            .query_typed_raw(
                 "SELECT uid, CASE WHEN resource_version = $4 THEN object_resource_version END
                    FROM krateo_resources
                   WHERE cluster_name = $1 AND resource_group = $2 AND resource_plural = $3
                     AND deleted_at IS NULL AND ($5::text IS NULL OR namespace = $5)",
+                params,
             )
-            .await
-            .map_err(|e| super::error_chain(&e))?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
-            &scope.cluster,
-            &scope.group,
-            &scope.plural,
-            &scope.version,
-            &scope.namespace,
-        ];
-        let stream = client
-            .query_raw(&stmt, params)
             .await
             .map_err(|e| super::error_chain(&e))?;
         pin_mut!(stream);

@@ -4,8 +4,8 @@
 use tokio_postgres::Client;
 
 use super::{
-    history_partitions_verdict, line, lz4_verdict, owner_verdict, rights_verdict, schema_verdicts,
-    tls_verdict, Check, Report, Status,
+    history_partitions_verdict, line, lz4_verdict, owner_verdict, pooling_verdict, rights_verdict,
+    schema_verdicts, tls_verdict, Check, Report, Status,
 };
 use crate::config::Config;
 use crate::kubernetes::cluster::ClusterIdentity;
@@ -23,6 +23,9 @@ pub(super) async fn checks(config: &Config, report: &mut Report) -> Option<Clien
         }
     };
     report.checks.extend(server_checks(config, &client).await);
+    report.push(pooling_verdict(
+        crate::storage::pooling::probe(config, &client).await,
+    ));
     report.push(lz4_verdict(schema::lz4_supported(&client).await));
     let found = match schema::inspect(&client).await {
         Ok(f) => Inspection {
@@ -51,7 +54,7 @@ pub(super) async fn checks(config: &Config, report: &mut Report) -> Option<Clien
 async fn server_checks(config: &Config, client: &Client) -> Vec<Check> {
     let target = config.db_target();
     let facts = client
-        .query_one(
+        .query_typed_one(
             "SELECT current_setting('server_version'), current_user::text,
                     COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false),
                     (SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid())",

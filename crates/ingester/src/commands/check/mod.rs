@@ -15,7 +15,8 @@ use serde::Serialize;
 use crate::config::Config;
 pub use verdicts::{
     group_verdict, history_partitions_verdict, kind_misnamed, lz4_verdict, name_verdict,
-    owner_verdict, rights_verdict, route_verdict, schema_verdicts, tls_verdict, Access,
+    owner_verdict, pooling_verdict, rights_verdict, route_verdict, schema_verdicts, tls_verdict,
+    Access,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -80,6 +80,31 @@ pub fn history_partitions_verdict(
     }
 }
 
+/// The pooling the backend pids show (`storage::pooling`): every mode but statement pooling
+/// (a refused transaction) is supported.
+pub fn pooling_verdict(seen: Result<crate::storage::pooling::BackendsSeen, String>) -> Check {
+    use crate::storage::pooling::Pooling;
+    const NAME: &str = "database pooling";
+    match seen.as_ref().map(|s| s.pooling()) {
+        Ok(Pooling::Transaction) => line(
+            NAME,
+            Status::Ok,
+            "through a pooler in transaction pooling mode (backends shared between client connections or changing between transactions): supported, nothing outlives a transaction",
+        ),
+        Ok(Pooling::Session) => line(
+            NAME,
+            Status::Ok,
+            "each connection keeps its own backend (direct, or a pooler in session mode): supported",
+        ),
+        Err(e) if e.starts_with("a transaction was refused") => line(
+            NAME,
+            Status::Fail,
+            format!("{e}: a pooler in statement mode? the writer needs transactions (use pool_mode = transaction or session)"),
+        ),
+        Err(e) => line(NAME, Status::Warn, format!("not determined: {e}")),
+    }
+}
+
 pub fn lz4_verdict(lz4: bool) -> Check {
     if lz4 {
         line(

@@ -13,6 +13,7 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_postgres::types::Type;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -226,13 +227,16 @@ async fn live_kinds(ctx: &WatchContext, groups: &[String]) -> Result<Vec<LiveKin
         .await
         .map_err(|e| crate::storage::error_chain(&e))?;
     let rows = client
-        .query(
+        .query_typed(
             "SELECT resource_group, resource_plural, bool_or(namespace = ''), min(resource_version)
                FROM krateo_resources
               WHERE cluster_name = $1 AND deleted_at IS NULL AND resource_group = ANY($2)
                 AND resource_plural IS NOT NULL
               GROUP BY resource_group, resource_plural",
-            &[&ctx.cluster.to_string(), &groups],
+            &[
+                (&ctx.cluster.to_string(), Type::TEXT),
+                (&groups, Type::TEXT_ARRAY),
+            ],
         )
         .await
         .map_err(|e| crate::storage::error_chain(&e))?;

@@ -99,6 +99,7 @@ async fn retire_uncovered_rows(
     let options = WriterOptions {
         history: config.history,
         change_feed: config.change_feed,
+        staging_lz4: db.schema.lz4,
     };
     let retired = retire_uncovered(&db.pool, cluster, &config.instance_name, &coverage, options)
         .await

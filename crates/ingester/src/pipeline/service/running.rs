@@ -67,6 +67,7 @@ pub(super) fn start_lanes(
             WriterOptions {
                 history: config.history,
                 change_feed: config.change_feed,
+                staging_lz4: db.schema.lz4,
             },
         )
         .with_commit_marks(cluster.clone(), db.marks.clone()),

@@ -1,6 +1,7 @@
 //! What the catalog says about the schema and the connected role, and the pure rules on it:
 //! what is missing (with the migration that adds it) and whether this role may add it.
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::MIGRATIONS_TABLE;
@@ -83,7 +84,7 @@ impl Inspection {
 
 pub async fn inspect(client: &Client) -> Result<Inspection, tokio_postgres::Error> {
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT current_user::text,
                     to_regclass($1) IS NOT NULL,
                     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1)
@@ -97,12 +98,12 @@ pub async fn inspect(client: &Client) -> Result<Inspection, tokio_postgres::Erro
                     COALESCE(has_schema_privilege(current_schema(), 'CREATE'), false),
                     to_regclass($6) IS NOT NULL",
             &[
-                &TABLE,
-                &WATCH_STATE_TABLE,
-                &COVERAGE_TABLE,
-                &MIGRATIONS_TABLE,
-                &CLUSTERS_TABLE,
-                &HISTORY_TABLE,
+                (&TABLE, Type::TEXT),
+                (&WATCH_STATE_TABLE, Type::TEXT),
+                (&COVERAGE_TABLE, Type::TEXT),
+                (&MIGRATIONS_TABLE, Type::TEXT),
+                (&CLUSTERS_TABLE, Type::TEXT),
+                (&HISTORY_TABLE, Type::TEXT),
             ],
         )
         .await?;

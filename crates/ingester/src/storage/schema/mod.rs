@@ -16,6 +16,7 @@ mod migrations;
 mod privileges;
 
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
@@ -168,9 +169,9 @@ fn needs_migration(found: &Inspection) -> SchemaError {
 /// the ingester, so it is reported, not created.
 async fn warn_missing_indexes(client: &Client) -> Result<(), tokio_postgres::Error> {
     let defs: Vec<String> = client
-        .query(
+        .query_typed(
             "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = to_regclass($1)",
-            &[&TABLE],
+            &[(&TABLE, Type::TEXT)],
         )
         .await?
         .iter()
@@ -204,11 +205,11 @@ pub async fn lz4_supported(client: &Client) -> bool {
 
 pub async fn check_columns(client: &Client) -> Result<(), SchemaError> {
     let rows = client
-        .query(
+        .query_typed(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
                FROM pg_attribute a
               WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&TABLE],
+            &[(&TABLE, Type::TEXT)],
         )
         .await?;
     for (column, expected) in REQUIRED_COLUMNS {
@@ -226,11 +227,11 @@ pub async fn check_columns(client: &Client) -> Result<(), SchemaError> {
         }
     }
     let unique: bool = client
-        .query_one(
+        .query_typed_one(
             "SELECT EXISTS (
                SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
                 WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnatts = 1 AND a.attname = 'global_uid')",
-            &[&TABLE],
+            &[(&TABLE, Type::TEXT)],
         )
         .await?
         .get(0);
@@ -238,10 +239,10 @@ pub async fn check_columns(client: &Client) -> Result<(), SchemaError> {
         return Err(SchemaError::NoUniqueGlobalUid);
     }
     let id_generated: bool = client
-        .query_one(
+        .query_typed_one(
             "SELECT a.attidentity <> '' OR a.atthasdef FROM pg_attribute a
               WHERE a.attrelid = to_regclass($1) AND a.attname = 'id'",
-            &[&TABLE],
+            &[(&TABLE, Type::TEXT)],
         )
         .await?
         .get(0);
@@ -251,11 +252,15 @@ pub async fn check_columns(client: &Client) -> Result<(), SchemaError> {
     Ok(())
 }
 
-/// The per-connection staging table the writer COPYs into.
-pub fn staging_ddl(info: SchemaInfo) -> String {
+/// The staging table the writer COPYs into, created by each batch's transaction when its
+/// server session lacks it (`IF NOT EXISTS`: a no-op once there). Temporary (one per server
+/// session, invisible to others) and emptied at each commit, so a server connection a
+/// transaction pooler hands to other clients carries no rows. Give it a new name when its
+/// columns change: an older ingester's table of the same name may sit in a pooled session.
+pub fn staging_ddl(lz4: bool) -> String {
     // lz4 in staging too: a compressed value is copied into the main table as it is, so
     // the rows are compressed once, with the fast method.
-    let c = if info.lz4 { " COMPRESSION lz4" } else { "" };
+    let c = if lz4 { " COMPRESSION lz4" } else { "" };
     format!(
         "CREATE TEMP TABLE IF NOT EXISTS ingester_staging (
             global_uid text NOT NULL,

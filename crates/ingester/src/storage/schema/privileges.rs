@@ -2,6 +2,7 @@
 //! with the GRANT that gives it, instead of letting the first write fail with a raw
 //! permission error.
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::{SchemaError, CLUSTERS_TABLE, COVERAGE_TABLE, HISTORY_TABLE, TABLE, WATCH_STATE_TABLE};
@@ -61,10 +62,10 @@ async fn lacking_table_rights(
         .flat_map(|(t, ps)| ps.iter().map(move |p| (*t, *p)))
         .unzip();
     Ok(client
-        .query(
+        .query_typed(
             "SELECT t, p FROM unnest($1::text[], $2::text[]) AS x(t, p)
               WHERE NOT has_table_privilege(t, p)",
-            &[&tables, &privileges],
+            &[(&tables, Type::TEXT_ARRAY), (&privileges, Type::TEXT_ARRAY)],
         )
         .await?
         .iter()
@@ -75,13 +76,13 @@ async fn lacking_table_rights(
 /// A serial id (not an identity) takes its values from a sequence that needs its own right.
 async fn unusable_id_sequence(client: &Client) -> Result<Option<String>, tokio_postgres::Error> {
     Ok(client
-        .query_opt(
+        .query_typed_opt(
             "SELECT s FROM pg_get_serial_sequence($1, 'id') AS s
               WHERE s IS NOT NULL
                 AND NOT (SELECT attidentity <> '' FROM pg_attribute
                           WHERE attrelid = to_regclass($1) AND attname = 'id')
                 AND NOT (has_sequence_privilege(s, 'USAGE') OR has_sequence_privilege(s, 'UPDATE'))",
-            &[&TABLE],
+            &[(&TABLE, Type::TEXT)],
         )
         .await?
         .map(|r| r.get(0)))
@@ -93,7 +94,7 @@ async fn database_without_temporary(
     client: &Client,
 ) -> Result<Option<String>, tokio_postgres::Error> {
     let temp: bool = client
-        .query_one(
+        .query_typed_one(
             "SELECT has_database_privilege(current_database(), 'TEMPORARY')",
             &[],
         )
@@ -103,7 +104,7 @@ async fn database_without_temporary(
         return Ok(None);
     }
     let db: String = client
-        .query_one("SELECT current_database()::text", &[])
+        .query_typed_one("SELECT current_database()::text", &[])
         .await?
         .get(0);
     Ok(Some(db))

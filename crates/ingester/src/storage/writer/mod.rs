@@ -1,4 +1,4 @@
-//! `BatchWriter`: one transaction per batch: binary `COPY` into the session's staging table,
+//! `BatchWriter`: one transaction per batch: binary `COPY` into a temporary staging table,
 //! one set-based upsert on `global_uid` guarded by `object_resource_version`, then the
 //! tombstones (objects a list no longer has). A batch PostgreSQL rejects for its data is
 //! bisected down to the offending record, which is stored as a stub or dropped.
@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
+use tokio_postgres::types::Type;
 
 use super::commit_marks::{self, CommitMarks};
 use super::feed::{self, Change};
@@ -34,6 +35,9 @@ pub struct WriterOptions {
     pub history: bool,
     /// `CHANGE_FEED`: notify the changed rows on channel `krateo_resources`.
     pub change_feed: bool,
+    /// The server compresses with lz4 ([`crate::storage::SchemaInfo::lz4`]): the staging
+    /// table's values are compressed with it too.
+    pub staging_lz4: bool,
 }
 
 /// An object a list no longer had: its row gets `deleted_at`.
@@ -232,9 +236,6 @@ impl BatchWriter {
                 // A standby or demoted primary behind the address: the next attempt connects
                 // afresh, through the address, and may reach the primary again.
                 drop(deadpool_postgres::Object::take(client));
-            } else if matches!(e, AttemptError::Transient(m) if m.contains("cached plan")) {
-                // The owner changed the table under our prepared statements: prepare anew.
-                client.statement_cache.clear();
             }
         }
         result
@@ -256,6 +257,12 @@ impl BatchWriter {
         let mut stats = FlushStats::default();
         let mut changes: Vec<Change> = Vec::new();
         if !records.is_empty() {
+            // Inside the transaction, so whichever server connection a transaction pooler
+            // gives this transaction has the table: created there the first time (it then
+            // stays with that server session, emptied at each commit), a no-op after.
+            tx.batch_execute(&self.statements.staging)
+                .await
+                .map_err(AttemptError::at(Stage::Open))?;
             statements::copy_records(&tx, records).await?;
             stats.rows_written = self.statements.upsert(&tx, &mut changes).await?;
         }
@@ -269,21 +276,32 @@ impl BatchWriter {
         if change_feed {
             if let Some(payload) = feed::payload(&changes) {
                 // Inside the transaction: PostgreSQL delivers it only if the batch commits.
-                tx.execute("SELECT pg_notify($1, $2)", &[&feed::CHANNEL, &payload])
-                    .await
-                    .map_err(AttemptError::at(Stage::Notify))?;
+                tx.execute_typed(
+                    "SELECT pg_notify($1, $2)",
+                    &[(&feed::CHANNEL, Type::TEXT), (&payload, Type::TEXT)],
+                )
+                .await
+                .map_err(AttemptError::at(Stage::Notify))?;
             }
         }
         let mark = match &self.marks {
             Some((cluster, marks)) => {
                 let mark = marks.next_mark();
-                let store = tx
-                    .prepare_cached(commit_marks::STORE_SQL)
+                let before = marks.before();
+                let [cluster_type, prefix_type, mark_type] = commit_marks::STORE_TYPES;
+                let held = tx
+                    .query_typed_one(
+                        commit_marks::STORE_SQL,
+                        &[
+                            (&&**cluster, cluster_type),
+                            (&marks.prefix(), prefix_type),
+                            (&mark, mark_type),
+                        ],
+                    )
                     .await
                     .map_err(AttemptError::at(Stage::Open))?;
-                tx.execute(&store, &[&&**cluster, &marks.prefix(), &mark])
-                    .await
-                    .map_err(AttemptError::at(Stage::Open))?;
+                // Whatever this batch's fate, the database told what it holds.
+                marks.observed(before, held.try_get(0).ok().flatten());
                 Some((marks, mark))
             }
             None => None,

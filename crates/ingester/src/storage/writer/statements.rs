@@ -1,6 +1,12 @@
 //! The statements of a batch's transaction: the binary `COPY` into the staging table, the
 //! upsert and the tombstones (each feeding the history and the change feed when asked), and
 //! how each is run and what it gives back.
+//!
+//! Nothing outlives the transaction, so a transaction pooler (PgBouncer `pool_mode =
+//! transaction`) may run each batch on another server connection: the staging table is
+//! created in the transaction when that server session lacks it, and the upsert and the
+//! tombstones run as unnamed statements (parsed, bound and executed in one round trip, never
+//! a prepared statement cached on the client that the next server connection would not know).
 
 use std::error::Error as StdError;
 
@@ -187,6 +193,8 @@ enum Returns {
 /// The statements for a set of options, built once.
 #[derive(Debug)]
 pub(super) struct Statements {
+    /// `CREATE TEMP TABLE IF NOT EXISTS` of the staging table.
+    pub(super) staging: String,
     upsert: String,
     upsert_returns: Returns,
     tombstone: String,
@@ -195,14 +203,17 @@ pub(super) struct Statements {
 
 impl Statements {
     pub(super) fn new(o: WriterOptions) -> Statements {
+        let staging = crate::storage::schema::staging_ddl(o.staging_lz4);
         match (o.history, o.change_feed) {
             (false, false) => Statements {
+                staging,
                 upsert: UPSERT_SQL.to_owned(),
                 upsert_returns: Returns::Affected,
                 tombstone: TOMBSTONE_SQL.to_owned(),
                 tombstone_returns: Returns::Affected,
             },
             (false, true) => Statements {
+                staging,
                 upsert: format!(
                     "{UPSERT_SQL}\n  RETURNING global_uid, {OPERATION_SQL}, object_resource_version, updated_at"
                 ),
@@ -213,6 +224,7 @@ impl Statements {
             (true, feed) => {
                 let returns = if feed { Returns::Changes } else { Returns::Count };
                 Statements {
+                    staging,
                     upsert: history_upsert_sql(feed),
                     upsert_returns: returns,
                     tombstone: history_tombstone_sql(feed),
@@ -243,7 +255,7 @@ impl ToSql for Jsonb<'_> {
     to_sql_checked!();
 }
 
-/// Sends the records into the session's staging table (binary `COPY`).
+/// Sends the records into the staging table (binary `COPY`).
 pub(super) async fn copy_records(
     tx: &Transaction<'_>,
     records: &[Record],
@@ -290,15 +302,12 @@ impl Statements {
         changes: &mut Vec<Change>,
     ) -> Result<u64, AttemptError> {
         let rows = AttemptError::at(Stage::Rows);
-        let upsert = tx
-            .prepare_cached(&self.upsert)
-            .await
-            .map_err(AttemptError::at(Stage::Open))?;
+        let upsert = self.upsert.as_str();
         Ok(match self.upsert_returns {
-            Returns::Affected => tx.execute(&upsert, &[]).await.map_err(&rows)?,
-            Returns::Count => count_of(&tx.query_one(&upsert, &[]).await.map_err(&rows)?),
+            Returns::Affected => tx.execute_typed(upsert, &[]).await.map_err(&rows)?,
+            Returns::Count => count_of(&tx.query_typed_one(upsert, &[]).await.map_err(&rows)?),
             Returns::Changes => {
-                let changed = tx.query(&upsert, &[]).await.map_err(&rows)?;
+                let changed = tx.query_typed(upsert, &[]).await.map_err(&rows)?;
                 changes.extend(changed.iter().map(|r| Change {
                     global_uid: r.get(0),
                     operation: Operation::parse(r.get(1)).unwrap_or(Operation::Updated),
@@ -325,16 +334,17 @@ impl Statements {
             .map(|t| t.observed_at)
             .max()
             .unwrap_or_else(Utc::now);
-        let stmt = tx
-            .prepare_cached(&self.tombstone)
-            .await
-            .map_err(AttemptError::at(Stage::Open))?;
-        let params: [&(dyn ToSql + Sync); 3] = [&ids, &guards, &at];
+        let stmt = self.tombstone.as_str();
+        let params: [(&(dyn ToSql + Sync), Type); 3] = [
+            (&ids, Type::TEXT_ARRAY),
+            (&guards, Type::INT8_ARRAY),
+            (&at, Type::TIMESTAMPTZ),
+        ];
         Ok(match self.tombstone_returns {
-            Returns::Affected => tx.execute(&stmt, &params).await.map_err(&rows)?,
-            Returns::Count => count_of(&tx.query_one(&stmt, &params).await.map_err(&rows)?),
+            Returns::Affected => tx.execute_typed(stmt, &params).await.map_err(&rows)?,
+            Returns::Count => count_of(&tx.query_typed_one(stmt, &params).await.map_err(&rows)?),
             Returns::Changes => {
-                let swept = tx.query(&stmt, &params).await.map_err(&rows)?;
+                let swept = tx.query_typed(stmt, &params).await.map_err(&rows)?;
                 changes.extend(swept.iter().map(|r| Change {
                     global_uid: r.get(0),
                     operation: Operation::Deleted,
