@@ -238,10 +238,11 @@ async fn commits_lost_in_a_failover_are_written_again_by_the_running_ingester() 
     lost_commits(None).await
 }
 
-/// The same behind PgBouncer in transaction mode: the ingester's connections to the pooler
-/// outlive the failover (only the pooler's server connections are cut), so no new connection
-/// of the ingester's ever meets the promoted server: the batches and the readiness ping must
-/// notice the rewind themselves.
+/// The same behind PgBouncer in transaction mode: the ingester's idle connections to the
+/// pooler outlive the failover (only the pooler's server connections are cut), so the rewind
+/// is noticed by the statements (each batch, the readiness ping), not by new connections.
+/// (In this run PgBouncer also closed the clients linked at the cut, so a check when a
+/// connection opens would notice it too; the statements do not depend on that.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_lost_behind_pgbouncer_in_transaction_mode_are_written_again() -> anyhow::Result<()>
 {
