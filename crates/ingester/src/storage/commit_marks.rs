@@ -50,7 +50,7 @@ const READ_SQL: &str =
 const CLEAN_UP_SQL: &str = "DELETE FROM krateo_ingester_watch_state
      WHERE starts_with(scope, 'commit-mark:') AND updated_at < now() - interval '7 days'";
 
-/// What a check of a new connection found.
+/// What a check found: the database holds less than this process saw committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rewind {
     /// The highest mark this process saw committed.

@@ -122,7 +122,8 @@ fn own_text(e: &(dyn std::error::Error + 'static)) -> String {
 pub struct Database {
     pub pool: Pool,
     pub schema: SchemaInfo,
-    /// This process's commit marks: every new connection checks the database kept them.
+    /// This process's commit marks: each batch and each readiness ping checks the database
+    /// kept them.
     pub marks: std::sync::Arc<commit_marks::CommitMarks>,
 }
 
