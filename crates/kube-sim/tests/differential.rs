@@ -616,9 +616,11 @@ async fn bookmark_timing_follows_the_real_watch_cache() {
         assert_eq!(b.len(), events.len(), "{side}: only bookmarks: {events:?}");
         assert!(!b.is_empty(), "{side}: no bookmark in {events:?}");
         // The watch cache's bookmark timer works in whole-second buckets: the first comes
-        // within about a second of the deadline minus 2 s (measured: 2.2 s to 3.4 s here).
+        // within about a second of the deadline minus 2 s (measured: 2.2 s to 3.4 s on a quiet
+        // machine, 4.1 s once under a CI build's load), never at once and always before the
+        // 5 s deadline (rather than the idle watch's ~60 s).
         assert!(
-            (Duration::from_millis(1900)..Duration::from_millis(4000)).contains(&b[0]),
+            (Duration::from_millis(1900)..Duration::from_millis(5000)).contains(&b[0]),
             "{side}: first bookmark after {:?} (deadline - 2 s = 3 s): {b:?}",
             b[0]
         );
