@@ -861,28 +861,29 @@ impl LiveObjectMonitor {
             every,
             LiveDeletions::default(),
             move |shared: Arc<Mutex<LiveDeletions>>| {
-            let (db, cluster, source) = (db.clone(), cluster.clone(), source.clone());
-            async move {
-                // The table may not exist yet, or the query may fail: sample again later.
-                let Ok(rows) = db
-                    .query(
-                        "SELECT uid, resource_kind, namespace, resource_name,
+                let (db, cluster, source) = (db.clone(), cluster.clone(), source.clone());
+                async move {
+                    // The table may not exist yet, or the query may fail: sample again later.
+                    let Ok(rows) = db
+                        .query(
+                            "SELECT uid, resource_kind, namespace, resource_name,
                                 object_resource_version, deleted_at::text
                            FROM krateo_resources
                           WHERE cluster_name = $1 AND deleted_at IS NOT NULL",
-                        &[&cluster],
-                    )
-                    .await
-                else {
-                    return;
-                };
-                let deleted: Vec<(String, String)> = rows.iter().filter_map(deleted_row).collect();
-                // Read after the rows: see the type's comment.
-                if let Some(live) = source.live_uids().await {
-                    let Ok(mut s) = shared.lock() else { return };
-                    s.observe(deleted, &live);
+                            &[&cluster],
+                        )
+                        .await
+                    else {
+                        return;
+                    };
+                    let deleted: Vec<(String, String)> =
+                        rows.iter().filter_map(deleted_row).collect();
+                    // Read after the rows: see the type's comment.
+                    if let Some(live) = source.live_uids().await {
+                        let Ok(mut s) = shared.lock() else { return };
+                        s.observe(deleted, &live);
+                    }
                 }
-            }
             },
         )
     }

@@ -80,8 +80,8 @@ impl SeedDb {
     pub async fn start(seed: u64, db_faults: bool) -> anyhow::Result<SeedDb> {
         if !db_faults {
             let db = TestDb::create().await?;
-            let proxy = TcpProxy::start(format!("{}:{}", db.server.host, db.server.port).parse()?)
-                .await?;
+            let proxy =
+                TcpProxy::start(format!("{}:{}", db.server.host, db.server.port).parse()?).await?;
             return Ok(SeedDb {
                 db,
                 proxy,

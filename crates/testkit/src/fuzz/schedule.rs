@@ -461,9 +461,11 @@ mod tests {
 
     /// FNV-1a of the schedule's text: a fingerprint that does not change with the toolchain.
     fn fingerprint(steps: &[Step]) -> u64 {
-        format!("{steps:?}").bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
+        format!("{steps:?}")
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
     }
 
     /// The schedules drawn without `--db-faults` are the ones drawn before the database

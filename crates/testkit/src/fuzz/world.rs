@@ -48,6 +48,10 @@ pub struct World {
     /// Logs of processes already stopped: (label, log).
     past_logs: Vec<(String, String)>,
     db_cut: bool,
+    /// A database fault moved the primary since the last quiet point: a pooler in front may
+    /// still refuse for a while (PgBouncer's `server_login_retry`), so a SIGTERM may find
+    /// changes it cannot commit, as during a cut.
+    db_moved: bool,
     api_faults: bool,
     pub unexpected_exits: u64,
     /// The longest a quiet point waited for convergence (faults lifted, replicas ready).
@@ -114,6 +118,7 @@ impl World {
             trace,
             past_logs: Vec::new(),
             db_cut: false,
+            db_moved: false,
             api_faults: false,
             unexpected_exits: 0,
             slowest_convergence: Duration::ZERO,
@@ -208,7 +213,7 @@ impl World {
     }
 
     fn faults_active(&self) -> bool {
-        self.db_cut || self.api_faults || self.db.window_open()
+        self.db_cut || self.api_faults || self.db_moved || self.db.window_open()
     }
 
     /// Stops replica `replica` (SIGTERM or SIGKILL). A SIGTERM must end the process within
@@ -398,6 +403,7 @@ impl World {
             return Ok(());
         }
         self.note(format_args!("  primary changed: {change:?}"));
+        self.db_moved = true;
         let Some(monitor) = self.monitor.take() else {
             return Ok(());
         };
@@ -785,6 +791,7 @@ impl World {
         {
             return Err(format!("regression: {first}"));
         }
+        self.db_moved = false;
         Ok(())
     }
 
