@@ -26,13 +26,14 @@ const POOL_SIZE: u32 = 4;
 
 /// A window of a database fault, open until [`Step::DbWindowEnd`], the next database fault or
 /// the quiet point.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Window {
     /// The address reaches the standby; at its end back to the primary, or (`promote`) the
     /// primary stops cleanly and the standby is promoted where the address already points.
     ReadOnly { promote: bool },
-    /// The standby is stopped: the primary's commits from now on are lost at its end.
-    LostCommits,
+    /// The standby is stopped (having replayed up to `standby_lsn`): the primary's commits
+    /// from now on are lost at its end.
+    LostCommits { standby_lsn: String },
 }
 
 /// What a database step did to the server the table is read on (ordered: of two, the
@@ -56,6 +57,8 @@ pub struct SeedDb {
     pair: Option<PgPair>,
     bouncer: Option<PgBouncer>,
     open: Option<Window>,
+    /// What the faults did that the trace should say (taken by [`Self::take_notes`]).
+    notes: Vec<String>,
 }
 
 /// Whether `seed` runs through PgBouncer in transaction mode: from the seed alone, with a
@@ -88,6 +91,7 @@ impl SeedDb {
                 pair: None,
                 bouncer: None,
                 open: None,
+                notes: Vec::new(),
             });
         }
         let pair = tokio::task::block_in_place(PgPair::start)?.ok_or_else(|| {
@@ -118,6 +122,7 @@ impl SeedDb {
             pair: Some(pair),
             bouncer,
             open: None,
+            notes: Vec::new(),
         })
     }
 
@@ -184,8 +189,9 @@ impl SeedDb {
             }
             Step::DbLostCommits => {
                 let pair = self.pair()?;
+                let standby_lsn = lsn(&pair.standby.server(), "pg_last_wal_replay_lsn()").await?;
                 blocking("stopping the standby", || pair.standby.pg_stop())?;
-                self.open = Some(Window::LostCommits);
+                self.open = Some(Window::LostCommits { standby_lsn });
                 PrimaryChange::Same
             }
             _ => PrimaryChange::Same,
@@ -206,8 +212,15 @@ impl SeedDb {
             // The address already reaches the standby: promoted, it accepts the writes on
             // the connections it has.
             Some(Window::ReadOnly { promote: true }) => self.switch_over(false).await,
-            Some(Window::LostCommits) => self.fail_over_losing_commits().await,
+            Some(Window::LostCommits { standby_lsn }) => {
+                self.fail_over_losing_commits(&standby_lsn).await
+            }
         }
+    }
+
+    /// What the faults did since the last call, for the trace.
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     fn pair(&self) -> Result<&PgPair, String> {
@@ -235,7 +248,15 @@ impl SeedDb {
 
     /// The standby (stopped since the window opened) never received the window's commits:
     /// the primary crashes, the standby is started and promoted, the address moves to it.
-    async fn fail_over_losing_commits(&mut self) -> Result<PrimaryChange, String> {
+    async fn fail_over_losing_commits(
+        &mut self,
+        standby_lsn: &str,
+    ) -> Result<PrimaryChange, String> {
+        let pair = self.pair()?;
+        let primary_lsn = lsn(&pair.primary.server(), "pg_current_wal_lsn()").await?;
+        self.notes.push(format!(
+            "  lost: the primary's WAL {standby_lsn}..{primary_lsn} (what the ingester committed in the window)"
+        ));
         let pair = self.pair()?;
         blocking("crashing the primary", || pair.crash_primary())?;
         blocking("starting the standby", || pair.standby.pg_start())?;
@@ -256,4 +277,19 @@ impl SeedDb {
         })?);
         Ok(())
     }
+}
+
+/// A WAL position of `server` (`pg_current_wal_lsn()` on a primary,
+/// `pg_last_wal_replay_lsn()` on a standby), as text.
+async fn lsn(server: &PgServer, function: &str) -> Result<String, String> {
+    let client = server
+        .connect("postgres")
+        .await
+        .map_err(|e| format!("harness: {e:#}"))?;
+    let row = client
+        .query_one(&format!("SELECT coalesce({function}::text, '')"), &[])
+        .await
+        .map_err(|e| format!("harness: {function}: {e}"))?;
+    row.try_get(0)
+        .map_err(|e| format!("harness: {function}: {e}"))
 }

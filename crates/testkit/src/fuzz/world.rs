@@ -399,6 +399,9 @@ impl World {
     /// what it saw (nothing lost), or from what the promoted server holds when the fault
     /// threw commits away (rows older than seen before are then the harness's doing).
     async fn follow_primary(&mut self, change: PrimaryChange) -> Result<(), String> {
+        for note in self.db.take_notes() {
+            self.note(note);
+        }
         if change == PrimaryChange::Same {
             return Ok(());
         }
