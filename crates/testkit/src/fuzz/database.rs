@@ -218,6 +218,20 @@ impl SeedDb {
         }
     }
 
+    /// The logs of PgBouncer and of the current primary and standby (label, text), for a
+    /// seed's artifacts.
+    pub fn logs(&self) -> Vec<(String, String)> {
+        let mut logs = Vec::new();
+        if let Some(b) = &self.bouncer {
+            logs.push(("pgbouncer".to_owned(), b.log()));
+        }
+        if let Some(pair) = &self.pair {
+            logs.push(("postgres-primary".to_owned(), pair.primary.log()));
+            logs.push(("postgres-standby".to_owned(), pair.standby.log()));
+        }
+        logs
+    }
+
     /// What the faults did since the last call, for the trace.
     pub fn take_notes(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notes)

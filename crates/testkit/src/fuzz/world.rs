@@ -805,7 +805,7 @@ impl World {
         let mut trace = self.trace.join("\n");
         trace.push('\n');
         std::fs::write(dir.join("trace.txt"), trace).ok()?;
-        for (label, log) in &self.past_logs {
+        for (label, log) in self.past_logs.iter().chain(&self.db.logs()) {
             std::fs::write(dir.join(format!("{label}.log")), log).ok()?;
         }
         for (r, p) in self.replicas.iter().enumerate() {
