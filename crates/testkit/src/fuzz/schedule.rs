@@ -470,7 +470,9 @@ mod tests {
 
     /// The schedules drawn without `--db-faults` are the ones drawn before the database
     /// families existed (fingerprints taken on the code before them): the seeds recorded in
-    /// docs/reliability.md and the CI seeds still play what they played.
+    /// docs/reliability.md and the CI seeds still play what they played. The fingerprint is
+    /// of the steps' `Debug` text: a change to that text (a field of `Step` or `Deployment`
+    /// renamed) changes it too; then check the draws by other means and take it again.
     #[test]
     fn without_db_faults_a_seed_draws_the_schedule_it_drew_before() {
         let golden = [
