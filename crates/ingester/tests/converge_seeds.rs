@@ -78,6 +78,42 @@ async fn ci_seeds_converge() {
     assert_all_passed(&reports, &opts);
 }
 
+/// A seed of `--db-faults` (issue 21) on a private primary and standby: a switchover, two
+/// read-only windows, two failovers that lose commits (in the recorded run the running
+/// replica noticed one rewind and wrote the window's changes again), with the API-server
+/// faults, cuts, signals and redeploys of every seed; converged at each quiet point, no row
+/// gone back. Needs the
+/// PostgreSQL binaries with `pg_basebackup` (a failure under CI, else skipped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_faults_seed_converges() -> anyhow::Result<()> {
+    if testkit::pg::PrivatePg::bin_dir().is_none_or(|b| !b.join("pg_basebackup").exists()) {
+        return testkit::missing_tool(
+            "PostgreSQL binaries with pg_basebackup (/usr/lib/postgresql/*/bin or PG_BIN_DIR)",
+        );
+    }
+    let mut opts = options();
+    opts.duration = Duration::from_secs(12);
+    opts.db_faults = true;
+    let reports = run(&[DB_FAULTS_SEED], &opts).await;
+    assert_all_passed(&reports, &opts);
+    assert!(
+        !reports[0].through_pgbouncer,
+        "seed {DB_FAULTS_SEED} runs without PgBouncer (no pgbouncer needed here)"
+    );
+    for family in ["db_switchover", "db_read_only", "db_lost_commits"] {
+        assert!(
+            reports[0].steps.contains_key(family),
+            "seed {DB_FAULTS_SEED} plays {family}: {:?}",
+            reports[0].steps
+        );
+    }
+    Ok(())
+}
+
+/// Plays every database family (`--db-faults --seed 13 --duration 12`), directly (no
+/// PgBouncer), in about 30 s.
+const DB_FAULTS_SEED: u64 = 13;
+
 /// Seeds the randomized run found failing on the code before issue 10's fixes, each with the
 /// sequence that broke it (from its trace) and the first violation it reported; regression
 /// tests now. Run one with `cargo test -p resources-ingester --test converge_seeds <name>`, or

@@ -227,3 +227,105 @@ async fn transaction_pooling_syncs_churns_and_resumes() -> anyhow::Result<()> {
 async fn session_pooling_syncs_churns_and_resumes() -> anyhow::Result<()> {
     lives_behind(PoolMode::Session).await
 }
+
+/// PostgreSQL refusing logins behind PgBouncer when the ingester starts (as a server
+/// shutting down or starting up does during a failover; here the database's
+/// `ALLOW_CONNECTIONS false`): PgBouncer completes the client's connection itself, so a
+/// connection is no sign of PostgreSQL; the ingester waits for an answered statement
+/// (`DB_READY_TIMEOUT`) as it does on a direct connection, then syncs. Found by
+/// `converge-fuzz --db-faults` (seeds 1 and 2: after a switchover PgBouncer answered
+/// `server login has been failing` for its `server_login_retry`, and every restarted replica
+/// exited at once). On the code before: the ingester exits 1 within a second,
+/// `schema set-up failed: connection closed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_logins_behind_pgbouncer_at_start_up_is_waited_for() -> anyhow::Result<()>
+{
+    let h = Harness::new().await?;
+    let Some(bouncer) = PgBouncer::start(&h.db.server, PoolMode::Transaction, POOL_SIZE).await?
+    else {
+        testkit::missing_tool("pgbouncer (apt-get install pgbouncer, or PGBOUNCER_BIN)")?;
+        return Ok(());
+    };
+    let store = h.store();
+    store.create(namespace("team-a"))?;
+    for i in 0..5 {
+        store.create(configmap(
+            "team-a",
+            &format!("cm-{i}"),
+            json!({"i": i.to_string()}),
+        ))?;
+    }
+    // The pooler has served before (it knows the server's parameters, so it completes a
+    // client's connection on its own); then the server refuses logins to the database and
+    // the pooler's server connections end.
+    bouncer
+        .server(&h.db.server)
+        .connect(&h.db.name)
+        .await?
+        .simple_query("SELECT 1")
+        .await?;
+    let admin = h.db.server.connect("postgres").await?;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}';",
+            db = h.db.name
+        ))
+        .await?;
+    // A client's statement makes PgBouncer try a login, which fails: for its
+    // `server_login_retry` (15 s) it fails every statement at once, as after the fuzzer's
+    // switchover.
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        bouncer
+            .server(&h.db.server)
+            .connect(&h.db.name)
+            .await?
+            .simple_query("SELECT 1")
+            .await?;
+        anyhow::Ok(())
+    })
+    .await;
+    eprintln!("a statement through the pooler: {refused:?}");
+    let port = bouncer.port.to_string();
+    let mut ing = h.spawn(&[
+        ("DB_HOST", "127.0.0.1"),
+        ("DB_PORT", port.as_str()),
+        ("DB_READY_TIMEOUT", "60s"),
+    ])?;
+    // The second attempt logged: it waited past the first answer-less connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = ing.log();
+        if let Some(st) = ing.exit_status() {
+            anyhow::bail!(
+                "exited {st} instead of waiting; log:\n{log}\npgbouncer log:\n{}",
+                bouncer.log()
+            );
+        }
+        if log.matches("waiting for PostgreSQL").count() >= 2 {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "not waiting for PostgreSQL within 30 s; log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            h.db.name
+        ))
+        .await?;
+    if let Err(e) = ing.wait_ready(CONVERGE).await {
+        anyhow::bail!(
+            "{e:#}\ningester log:\n{}\npgbouncer log:\n{}",
+            ing.log(),
+            bouncer.log()
+        );
+    }
+    converged(&h, &ing, &bouncer).await?;
+    assert!(ing.exit_status().is_none(), "never restarted");
+    Ok(())
+}

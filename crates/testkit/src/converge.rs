@@ -605,12 +605,12 @@ pub struct TableMonitor<F: Findings> {
 impl<F: Findings> TableMonitor<F> {
     /// Runs `sample` (one read of the table and whatever it is checked against, folded into
     /// the findings) every `every` until [`Self::finish`].
-    fn spawn<S, Fut>(every: Duration, mut sample: S) -> Self
+    fn spawn<S, Fut>(every: Duration, findings: F, mut sample: S) -> Self
     where
         S: FnMut(Arc<Mutex<F>>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send,
     {
-        let shared = Arc::new(Mutex::new(F::default()));
+        let shared = Arc::new(Mutex::new(findings));
         let stop = Arc::new(tokio::sync::Notify::new());
         let (shared2, stop2) = (shared.clone(), stop.clone());
         let task = tokio::spawn(async move {
@@ -639,12 +639,19 @@ impl<F: Findings> TableMonitor<F> {
 
     /// Stops sampling; returns (samples taken, violations).
     pub async fn finish(self) -> (u64, Vec<String>) {
+        let findings = self.stop_with_findings().await;
+        (findings.samples(), findings.violations().to_vec())
+    }
+
+    /// Stops sampling; returns everything it folded in, to go on from elsewhere (e.g. the
+    /// same table on another server: [`RegressionMonitor::resume`]).
+    pub async fn stop_with_findings(self) -> F {
         self.stop.notify_one();
         let TableMonitor { shared, task, .. } = self;
         let _ = task.await;
         shared
             .lock()
-            .map(|s| (s.samples(), s.violations().to_vec()))
+            .map(|mut s| std::mem::take(&mut *s))
             .unwrap_or_default()
     }
 }
@@ -696,11 +703,33 @@ impl Regressions {
     }
 }
 
+impl Regressions {
+    /// Forgets the versions seen: the database went back in time by the test's own hand (a
+    /// failover that lost commits), so the rows it holds now are the new reference. Samples
+    /// and violations are kept.
+    pub fn forget_versions(&mut self) {
+        self.highest.clear();
+        self.reported.clear();
+    }
+}
+
 impl RegressionMonitor {
     pub fn start(db: Client, cluster: &str, every: Duration) -> RegressionMonitor {
+        Self::resume(db, cluster, every, Regressions::default())
+    }
+
+    /// [`Self::start`] going on from `findings` (of a monitor stopped with
+    /// [`TableMonitor::stop_with_findings`]): the same table read on another server, e.g. a
+    /// promoted standby, where a row older than one seen before is still a regression.
+    pub fn resume(
+        db: Client,
+        cluster: &str,
+        every: Duration,
+        findings: Regressions,
+    ) -> RegressionMonitor {
         let db = Arc::new(db);
         let cluster = cluster.to_owned();
-        TableMonitor::spawn(every, move |shared: Arc<Mutex<Regressions>>| {
+        TableMonitor::spawn(every, findings, move |shared: Arc<Mutex<Regressions>>| {
             let (db, cluster) = (db.clone(), cluster.clone());
             async move {
                 // The table may not exist yet, or the query may fail: sample again later.
@@ -828,30 +857,35 @@ impl LiveObjectMonitor {
         every: Duration,
     ) -> LiveObjectMonitor {
         let (db, cluster) = (Arc::new(db), cluster.to_owned());
-        TableMonitor::spawn(every, move |shared: Arc<Mutex<LiveDeletions>>| {
-            let (db, cluster, source) = (db.clone(), cluster.clone(), source.clone());
-            async move {
-                // The table may not exist yet, or the query may fail: sample again later.
-                let Ok(rows) = db
-                    .query(
-                        "SELECT uid, resource_kind, namespace, resource_name,
+        TableMonitor::spawn(
+            every,
+            LiveDeletions::default(),
+            move |shared: Arc<Mutex<LiveDeletions>>| {
+                let (db, cluster, source) = (db.clone(), cluster.clone(), source.clone());
+                async move {
+                    // The table may not exist yet, or the query may fail: sample again later.
+                    let Ok(rows) = db
+                        .query(
+                            "SELECT uid, resource_kind, namespace, resource_name,
                                 object_resource_version, deleted_at::text
                            FROM krateo_resources
                           WHERE cluster_name = $1 AND deleted_at IS NOT NULL",
-                        &[&cluster],
-                    )
-                    .await
-                else {
-                    return;
-                };
-                let deleted: Vec<(String, String)> = rows.iter().filter_map(deleted_row).collect();
-                // Read after the rows: see the type's comment.
-                if let Some(live) = source.live_uids().await {
-                    let Ok(mut s) = shared.lock() else { return };
-                    s.observe(deleted, &live);
+                            &[&cluster],
+                        )
+                        .await
+                    else {
+                        return;
+                    };
+                    let deleted: Vec<(String, String)> =
+                        rows.iter().filter_map(deleted_row).collect();
+                    // Read after the rows: see the type's comment.
+                    if let Some(live) = source.live_uids().await {
+                        let Ok(mut s) = shared.lock() else { return };
+                        s.observe(deleted, &live);
+                    }
                 }
-            }
-        })
+            },
+        )
     }
 
     /// Stops sampling and fails with every violation, or when it never sampled.
@@ -886,6 +920,13 @@ mod tests {
         assert_eq!(s.violations.len(), 1);
         s.observe("c:a".into(), 5);
         assert_eq!(s.violations.len(), 2);
+        // A database the test itself took back in time: older rows are the new reference,
+        // what was found before stays found.
+        s.forget_versions();
+        s.observe("c:a".into(), 4);
+        assert_eq!(s.violations.len(), 2);
+        s.observe("c:a".into(), 3);
+        assert_eq!(s.violations.len(), 3);
     }
 
     #[test]

@@ -78,6 +78,25 @@ impl PgPair {
     }
 }
 
+impl PgPair {
+    /// After [`Self::promote_standby`]: the promoted server is the primary of a new pair whose
+    /// standby is made from it (`pg_basebackup -R` again: the old primary, stopped or crashed,
+    /// may hold commits the promoted server never had, so it is not reused; it is removed).
+    /// A run that fails over more than once keeps a standby to fail over to.
+    pub fn after_promotion(self) -> anyhow::Result<PgPair> {
+        let PgPair {
+            primary: old,
+            standby: promoted,
+        } = self;
+        drop(old);
+        let standby = standby_of(&promoted)?;
+        Ok(PgPair {
+            primary: promoted,
+            standby,
+        })
+    }
+}
+
 /// A hot standby of `primary`: `pg_basebackup -R` (writes `standby.signal` and
 /// `primary_conninfo`) into a new directory, started on its own port.
 fn standby_of(primary: &PrivatePg) -> anyhow::Result<PrivatePg> {

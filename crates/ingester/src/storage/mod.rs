@@ -143,8 +143,37 @@ pub enum ConnectError {
     Setup(String),
 }
 
-/// One connection, once PostgreSQL answers: retried with backoff (one log line per attempt)
-/// up to `DB_READY_TIMEOUT`.
+/// How long one start-up attempt waits for its statement's answer: PgBouncer holds a
+/// statement while it tries to reach its server (up to its `query_wait_timeout`, 2 minutes by
+/// default); the next attempt finds out sooner (PgBouncer then fails it at once during
+/// `server_login_retry`, or answers).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection on which a statement was answered. A pooler (PgBouncer) completes the
+/// connection itself, with no server behind it yet: only an answered statement says
+/// PostgreSQL is there (with the server refusing logins, PgBouncer fails or holds the
+/// statement and the connection is closed).
+async fn connect_answered(
+    pg: &tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    within: Duration,
+) -> Result<tokio_postgres::Client, String> {
+    let attempt = async {
+        let (client, connection) = pg.connect(tls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client.simple_query("SELECT 1").await?;
+        Ok::<_, tokio_postgres::Error>(client)
+    };
+    match tokio::time::timeout(within, attempt).await {
+        Ok(answered) => answered.map_err(|e| error_chain(&e)),
+        Err(_) => Err(format!("no answer to SELECT 1 within {within:?}")),
+    }
+}
+
+/// One connection, once PostgreSQL answers a statement: retried with backoff (one log line per
+/// attempt) up to `DB_READY_TIMEOUT`.
 pub async fn wait_for_postgres(c: &Config) -> Result<tokio_postgres::Client, ConnectError> {
     let pg = pg_config(c);
     let tls = tls::make_tls(&c.db_params).map_err(|e| ConnectError::Setup(e.to_string()))?;
@@ -154,26 +183,27 @@ pub async fn wait_for_postgres(c: &Config) -> Result<tokio_postgres::Client, Con
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match pg.connect(tls.clone()).await {
-            Ok((client, connection)) => {
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
+        // Never past the deadline by more than a moment.
+        let within = ANSWER_TIMEOUT
+            .min(deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(100));
+        match connect_answered(&pg, tls.clone(), within).await {
+            Ok(client) => {
                 info!(target = %target, attempt, "PostgreSQL reachable");
                 report_transport(&client, c).await;
                 return Ok(client);
             }
-            Err(e) => {
+            Err(error) => {
                 let now = Instant::now();
                 if now >= deadline {
                     return Err(ConnectError::Timeout {
                         target,
                         timeout: c.db_ready_timeout,
-                        last_error: error_chain(&e),
+                        last_error: error,
                     });
                 }
                 let wait = delay.min(deadline - now);
-                warn!(attempt, target = %target, error = %error_chain(&e), retry_in_ms = wait.as_millis() as u64, "waiting for PostgreSQL");
+                warn!(attempt, target = %target, error = %error, retry_in_ms = wait.as_millis() as u64, "waiting for PostgreSQL");
                 tokio::time::sleep(wait).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -44,6 +44,13 @@ struct Args {
     /// bookmarks, stalls, silent watches): the schedules seeds played before those existed
     #[arg(long)]
     no_api_server_faults: bool,
+    /// Also inject the database's own faults: a switchover, a read-only window (then back, or
+    /// the standby promoted), a failover that loses commits. Each seed gets a private primary
+    /// and a streaming standby (PostgreSQL binaries with pg_basebackup needed), and about half
+    /// the seeds go through PgBouncer in transaction mode (pgbouncer needed). Without it the
+    /// seeds play the schedules they played before.
+    #[arg(long)]
+    db_faults: bool,
     /// Seconds a quiet point waits for convergence.
     #[arg(long, default_value_t = 30)]
     converge_timeout: u64,
@@ -98,6 +105,7 @@ async fn main() -> std::process::ExitCode {
     );
     opts.retire_check = !args.no_retire_check;
     opts.api_server_faults = !args.no_api_server_faults;
+    opts.db_faults = args.db_faults;
     opts.converge_timeout = Duration::from_secs(args.converge_timeout);
     opts.artifacts = Some(args.artifacts.clone());
     opts.keep_artifacts = args.keep_artifacts;

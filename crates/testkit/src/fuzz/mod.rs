@@ -6,6 +6,7 @@
 //! `tests/converge_seeds.rs`.
 
 pub mod cluster;
+pub mod database;
 pub mod deployment;
 pub mod schedule;
 mod world;
@@ -46,6 +47,11 @@ pub struct FuzzOptions {
     pub real: Option<RealPlane>,
     /// Leave the trace and logs of passing seeds too (under `artifacts`).
     pub keep_artifacts: bool,
+    /// Also inject the database's own faults (`--db-faults`): a switchover, a read-only
+    /// window, a failover that loses commits, against a private primary and its standby, for
+    /// about half the seeds through PgBouncer in transaction mode. Off: the machine's
+    /// PostgreSQL and the schedules drawn before these families existed.
+    pub db_faults: bool,
 }
 
 impl FuzzOptions {
@@ -59,6 +65,7 @@ impl FuzzOptions {
             api_server_faults: true,
             real: None,
             keep_artifacts: false,
+            db_faults: false,
         }
     }
 
@@ -69,8 +76,9 @@ impl FuzzOptions {
     /// The one command that runs this seed again with these options.
     pub fn reproduce(&self, seed: u64) -> String {
         format!(
-            "cargo run --release -p testkit --bin converge-fuzz -- {}--seed {seed} --duration {}{}{}",
+            "cargo run --release -p testkit --bin converge-fuzz -- {}{}--seed {seed} --duration {}{}{}",
             if self.real.is_some() { "--real " } else { "" },
+            if self.db_faults { "--db-faults " } else { "" },
             self.duration.as_secs(),
             if self.retire_check {
                 ""
@@ -113,6 +121,8 @@ pub struct SeedReport {
     pub elapsed: Duration,
     /// Where the trace and logs were left (failing seeds, with `artifacts`).
     pub artifacts: Option<PathBuf>,
+    /// `--db-faults`: the ingesters went through PgBouncer in transaction mode.
+    pub through_pgbouncer: bool,
 }
 
 impl SeedReport {
@@ -124,7 +134,7 @@ impl SeedReport {
     pub fn line(&self, opts: &FuzzOptions) -> String {
         match &self.violation {
             None => format!(
-                "seed={} PASS ({} phases, {} changes{}, {} faults, {:.0?})",
+                "seed={} PASS ({} phases, {} changes{}, {} faults{}, {:.0?})",
                 self.seed,
                 self.phases,
                 self.changes,
@@ -134,6 +144,11 @@ impl SeedReport {
                     String::new()
                 },
                 self.faults,
+                if self.through_pgbouncer {
+                    ", through PgBouncer"
+                } else {
+                    ""
+                },
                 self.elapsed
             ),
             Some(v) => format!(
@@ -168,6 +183,7 @@ pub async fn run_seed(seed: u64, opts: &FuzzOptions) -> SeedReport {
             return report;
         }
     };
+    report.through_pgbouncer = world.through_pgbouncer();
     let mut rng = SmallRng::seed_from_u64(seed);
     let outcome = play(&mut world, &mut rng, opts, &mut report).await;
     if let Err(v) = outcome {
@@ -211,6 +227,7 @@ async fn play(
                     &world.store(),
                     &world.deployment,
                     opts.api_server_faults,
+                    opts.db_faults,
                 )
             };
             *report.steps.entry(step.name()).or_default() += 1;

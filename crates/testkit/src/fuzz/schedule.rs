@@ -92,6 +92,23 @@ pub enum Step {
     /// Cut the ingester's PostgreSQL connections (proxy) until restored or the quiet point.
     DbCut,
     DbRestore,
+    // ---- the database's own faults (`--db-faults` only; `super::database`) ----
+    /// A switchover: the standby catches up, the primary stops cleanly, the standby is
+    /// promoted and the read-write address moves to it (connections cut); a new standby is
+    /// made from it.
+    DbSwitchover,
+    /// A read-only window: the read-write address reaches the hot standby (writes refused,
+    /// SQLSTATE 25006) until [`Step::DbWindowEnd`] or the quiet point; then it goes back to the
+    /// primary, or (`promote`) the primary stops cleanly and the standby is promoted behind it.
+    DbReadOnly {
+        promote: bool,
+    },
+    /// Commits about to be lost: the standby stops receiving WAL, so what is committed from now
+    /// on reaches only the primary; at [`Step::DbWindowEnd`] or the quiet point the primary
+    /// crashes (`-m immediate`), the standby is started and promoted, the address moves to it.
+    DbLostCommits,
+    /// Ends the open read-only or lost-commits window (nothing when none is open).
+    DbWindowEnd,
     // ---- the ingester's processes ----
     /// SIGTERM replica `replica`; start it again right away when `restart`.
     Sigterm {
@@ -150,6 +167,10 @@ impl Step {
             Step::StuckWatches => "stuck_watches",
             Step::DbCut => "db_cut",
             Step::DbRestore => "db_restore",
+            Step::DbSwitchover => "db_switchover",
+            Step::DbReadOnly { .. } => "db_read_only",
+            Step::DbLostCommits => "db_lost_commits",
+            Step::DbWindowEnd => "db_window_end",
             Step::Sigterm { .. } => "sigterm",
             Step::Sigkill { .. } => "sigkill",
             Step::Redeploy(_) => "redeploy",
@@ -180,6 +201,14 @@ impl Step {
 
     pub fn is_fault(&self) -> bool {
         !self.is_change() && !matches!(self, Step::Pause(_))
+    }
+
+    /// One of the database's own faults (a standby and a promotion: `--db-faults`).
+    pub fn is_database_own_fault(&self) -> bool {
+        matches!(
+            self,
+            Step::DbSwitchover | Step::DbReadOnly { .. } | Step::DbLostCommits | Step::DbWindowEnd
+        )
     }
 }
 
@@ -224,17 +253,20 @@ pub fn served_versions(crd: &serde_json::Value) -> Vec<String> {
 /// `api_server_faults`: also draw the faults of real API servers (lagging caches, replicas,
 /// replays, late bookmarks, stalls, silent watches); off, a seed plays the schedule it played
 /// before those existed (the seeds found failing then are regression tests with it off).
+/// `db_faults`: also draw the database's own faults (switchover, read-only window, failover
+/// with lost commits); off, the schedules drawn before those existed, draw for draw.
 pub fn pick(
     rng: &mut SmallRng,
     store: &Store,
     deployment: &Deployment,
     api_server_faults: bool,
+    db_faults: bool,
 ) -> Step {
     match rng.random_range(0..100) {
         0..=54 => pick_object_change(rng, store),
         55..=64 => pick_crd_change(rng, store),
         65..=79 => Step::Pause(rng.random_range(50..600)),
-        _ => pick_fault(rng, deployment, api_server_faults),
+        _ => pick_fault(rng, deployment, api_server_faults, db_faults),
     }
 }
 
@@ -335,11 +367,28 @@ fn pick_crd_change(rng: &mut SmallRng, store: &Store) -> Step {
     }
 }
 
-fn pick_fault(rng: &mut SmallRng, deployment: &Deployment, api_server_faults: bool) -> Step {
+/// Draws of [`pick_fault`] that go to the database's own faults (with `db_faults`), after the
+/// 100 (+30 with the API-server faults) of the families before them.
+const DB_FAULT_DRAWS: u32 = 28;
+
+/// One fault. Each option only widens the range of the one draw that picks the family: the
+/// draws below 100 (130) mean what they meant before, so a seed played without an option
+/// draws exactly what it drew before the option existed.
+fn pick_fault(
+    rng: &mut SmallRng,
+    deployment: &Deployment,
+    api_server_faults: bool,
+    db_faults: bool,
+) -> Step {
     let replica = rng.random_range(0..deployment.replicas);
     let restart = rng.random_bool(0.7);
-    let range = if api_server_faults { 0..130 } else { 0..100 };
-    match rng.random_range(range) {
+    let before_db = if api_server_faults { 130 } else { 100 };
+    let end = before_db + if db_faults { DB_FAULT_DRAWS } else { 0 };
+    let draw = rng.random_range(0..end);
+    if draw >= before_db {
+        return pick_db_fault(rng, draw - before_db);
+    }
+    match draw {
         0..=17 => Step::DropWatches,
         18..=29 => Step::CompactHistory,
         30..=41 => Step::ApiErrors(rng.random_range(1..8)),
@@ -364,6 +413,19 @@ fn pick_fault(rng: &mut SmallRng, deployment: &Deployment, api_server_faults: bo
     }
 }
 
+/// The database family of draw `n` (0..[`DB_FAULT_DRAWS`]): a window is ended a little more
+/// often than one is opened, so most windows close within their phase and changes follow.
+fn pick_db_fault(rng: &mut SmallRng, n: u32) -> Step {
+    match n {
+        0..=5 => Step::DbSwitchover,
+        6..=11 => Step::DbReadOnly {
+            promote: rng.random_bool(0.5),
+        },
+        12..=17 => Step::DbLostCommits,
+        _ => Step::DbWindowEnd,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,7 +438,7 @@ mod tests {
             let mut rng = SmallRng::seed_from_u64(seed);
             let d = Deployment::initial();
             (0..200)
-                .map(|_| pick(&mut rng, &store, &d, true))
+                .map(|_| pick(&mut rng, &store, &d, true, false))
                 .collect::<Vec<_>>()
         };
         assert_eq!(walk(3), walk(3));
@@ -395,5 +457,79 @@ mod tests {
         assert_eq!(real(3), real(3));
         assert!(real(3).contains(&Step::ApiServerRestart));
         assert!(!real(3).contains(&Step::DropWatches));
+    }
+
+    /// FNV-1a of the schedule's text: a fingerprint that does not change with the toolchain.
+    fn fingerprint(steps: &[Step]) -> u64 {
+        format!("{steps:?}")
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
+    }
+
+    /// The schedules drawn without `--db-faults` are the ones drawn before the database
+    /// families existed (fingerprints taken on the code before them): the seeds recorded in
+    /// docs/reliability.md and the CI seeds still play what they played. The fingerprint is
+    /// of the steps' `Debug` text: a change to that text (a field of `Step` or `Deployment`
+    /// renamed) changes it too; then check the draws by other means and take it again.
+    #[test]
+    fn without_db_faults_a_seed_draws_the_schedule_it_drew_before() {
+        let golden = [
+            (1, false, 0xb2c8_9d79_ad09_d7c1),
+            (2, false, 0x591f_1030_135d_e668),
+            (3, false, 0x57e1_b8b3_7bb6_357d),
+            (32, false, 0x7bef_6a5b_e00f_3108),
+            (74, false, 0xdc23_c1fd_1254_2cee),
+            (1, true, 0xc28d_bdbb_788b_ad6d),
+            (2, true, 0x6485_b88b_40c6_1b52),
+            (3, true, 0xcd8b_c1a7_c2da_621b),
+            (32, true, 0x03b7_57a9_756c_8758),
+            (74, true, 0x0756_2cec_dd11_c753),
+        ];
+        for (seed, api_server_faults, fingerprint_before) in golden {
+            let store = Store::new(100);
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let d = Deployment::initial();
+            let steps: Vec<Step> = (0..400)
+                .map(|_| pick(&mut rng, &store, &d, api_server_faults, false))
+                .collect();
+            assert_eq!(
+                fingerprint(&steps),
+                fingerprint_before,
+                "seed {seed}, api_server_faults {api_server_faults}"
+            );
+            assert!(!steps.iter().any(Step::is_database_own_fault));
+        }
+    }
+
+    #[test]
+    fn db_faults_draw_every_database_family() {
+        let store = Store::new(100);
+        let mut rng = SmallRng::seed_from_u64(5);
+        let d = Deployment::initial();
+        let steps: Vec<Step> = (0..2000)
+            .map(|_| pick(&mut rng, &store, &d, true, true))
+            .collect();
+        let names: std::collections::HashSet<&str> = steps
+            .iter()
+            .filter(|s| s.is_database_own_fault())
+            .map(Step::name)
+            .collect();
+        for family in [
+            "db_switchover",
+            "db_read_only",
+            "db_lost_commits",
+            "db_window_end",
+        ] {
+            assert!(names.contains(family), "{family} never drawn: {names:?}");
+        }
+        assert!(steps.contains(&Step::DbReadOnly { promote: true }));
+        assert!(steps.contains(&Step::DbReadOnly { promote: false }));
+        // Without the API-server faults too.
+        let mut rng = SmallRng::seed_from_u64(5);
+        assert!((0..2000)
+            .map(|_| pick(&mut rng, &store, &d, false, true))
+            .any(|s| s.is_database_own_fault()));
     }
 }

@@ -13,6 +13,7 @@ use kube_sim::{KubeSim, SimConfig, Store};
 use serde_json::{json, Value};
 
 use super::cluster::{Cluster, RealPlane};
+use super::database::{PrimaryChange, SeedDb};
 use super::deployment::{Deployment, NAMESPACES};
 use super::schedule::{
     fuzz_crd, Step, Target, FUZZ_CRD_GROUP, FUZZ_CRD_KIND, FUZZ_CRD_NAME, FUZZ_CRD_PLURAL,
@@ -20,21 +21,22 @@ use super::schedule::{
 };
 use super::FuzzOptions;
 use crate::converge::{self, RegressionMonitor};
-use crate::pg::TestDb;
 use crate::process::IngesterProcess;
-use crate::proxy::TcpProxy;
 
 pub const CLUSTER: &str = "fuzz-cluster";
 /// The ingester's shutdown budget; a SIGTERM gets this plus a margin to exit.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(40);
 const APIEXT: &str = "apiextensions.k8s.io/v1";
+/// How often the regression monitor samples the table.
+const MONITOR_EVERY: Duration = Duration::from_millis(100);
 const CRD: &str = "CustomResourceDefinition";
 
 pub struct World {
     cluster: Cluster,
-    db: TestDb,
-    proxy: TcpProxy,
+    /// The database, the read-write address (a cuttable proxy), with `--db-faults` a standby
+    /// and maybe PgBouncer.
+    db: SeedDb,
     dir: tempfile::TempDir,
     ingester: PathBuf,
     seed: u64,
@@ -46,6 +48,10 @@ pub struct World {
     /// Logs of processes already stopped: (label, log).
     past_logs: Vec<(String, String)>,
     db_cut: bool,
+    /// A database fault moved the primary since the last quiet point: a pooler in front may
+    /// still refuse for a while (PgBouncer's `server_login_retry`), so a SIGTERM may find
+    /// changes it cannot commit, as during a cut.
+    db_moved: bool,
     api_faults: bool,
     pub unexpected_exits: u64,
     /// The longest a quiet point waited for convergence (faults lifted, replicas ready).
@@ -95,26 +101,24 @@ impl World {
                 }
             }
         };
-        let db = TestDb::create().await?;
-        let target: std::net::SocketAddr =
-            format!("{}:{}", db.server.host, db.server.port).parse()?;
-        let proxy = TcpProxy::start(target).await?;
-        // The monitor reads the database directly, not through the proxy that gets cut.
-        let monitor =
-            RegressionMonitor::start(db.client().await?, CLUSTER, Duration::from_millis(100));
+        let db = SeedDb::start(seed, opts.db_faults).await?;
+        // The monitor reads the primary directly, not through the proxy that gets cut.
+        let monitor = RegressionMonitor::start(db.client().await?, CLUSTER, MONITOR_EVERY);
+        let mut trace = Vec::new();
+        trace.push(format!("database: {}", db.describe()));
         Ok(World {
             cluster,
             db,
-            proxy,
             dir,
             ingester: opts.ingester.clone(),
             seed,
             deployment: Deployment::initial(),
             replicas: Vec::new(),
             monitor: Some(monitor),
-            trace: Vec::new(),
+            trace,
             past_logs: Vec::new(),
             db_cut: false,
+            db_moved: false,
             api_faults: false,
             unexpected_exits: 0,
             slowest_convergence: Duration::ZERO,
@@ -140,6 +144,11 @@ impl World {
         }
     }
 
+    /// `--db-faults`: this seed's ingesters go through PgBouncer in transaction mode.
+    pub fn through_pgbouncer(&self) -> bool {
+        self.db.through_pgbouncer()
+    }
+
     pub fn monitor_samples(&self) -> u64 {
         self.monitor.as_ref().map_or(0, RegressionMonitor::samples)
     }
@@ -151,11 +160,7 @@ impl World {
 
     fn env(&self, replica: usize) -> anyhow::Result<Vec<(String, String)>> {
         let mut env = self.db.ingester_env();
-        env.retain(|(k, _)| k != "DB_PORT" && k != "DB_HOST" && k != "DB_PARAMS");
         for (k, v) in [
-            ("DB_HOST", "127.0.0.1".to_owned()),
-            ("DB_PORT", self.proxy.port.to_string()),
-            ("DB_PARAMS", "sslmode=disable&connect_timeout=2".to_owned()),
             (
                 "KUBECONFIG",
                 self.dir
@@ -208,7 +213,7 @@ impl World {
     }
 
     fn faults_active(&self) -> bool {
-        self.db_cut || self.api_faults
+        self.db_cut || self.api_faults || self.db_moved || self.db.window_open()
     }
 
     /// Stops replica `replica` (SIGTERM or SIGKILL). A SIGTERM must end the process within
@@ -327,6 +332,10 @@ impl World {
             // Played by `apply_harness_step`.
             Step::DbCut
             | Step::DbRestore
+            | Step::DbSwitchover
+            | Step::DbReadOnly { .. }
+            | Step::DbLostCommits
+            | Step::DbWindowEnd
             | Step::Sigterm { .. }
             | Step::Sigkill { .. }
             | Step::Redeploy(_)
@@ -348,12 +357,20 @@ impl World {
     async fn apply_harness_step(&mut self, step: &Step) -> Result<bool, String> {
         match step {
             Step::DbCut => {
-                self.proxy.cut();
+                self.db.cut();
                 self.db_cut = true;
             }
             Step::DbRestore => {
-                self.proxy.restore();
+                self.db.restore();
                 self.db_cut = false;
+            }
+            Step::DbSwitchover | Step::DbReadOnly { .. } | Step::DbLostCommits => {
+                let change = self.db.apply(step).await?;
+                self.follow_primary(change).await?;
+            }
+            Step::DbWindowEnd => {
+                let change = self.db.end_window().await?;
+                self.follow_primary(change).await?;
             }
             Step::Sigterm { replica, restart } | Step::Sigkill { replica, restart } => {
                 let sigterm = matches!(step, Step::Sigterm { .. });
@@ -376,6 +393,39 @@ impl World {
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// After a database fault moved the primary: the monitor reads the new one, going on from
+    /// what it saw (nothing lost), or from what the promoted server holds when the fault
+    /// threw commits away (rows older than seen before are then the harness's doing).
+    async fn follow_primary(&mut self, change: PrimaryChange) -> Result<(), String> {
+        for note in self.db.take_notes() {
+            self.note(note);
+        }
+        if change == PrimaryChange::Same {
+            return Ok(());
+        }
+        self.note(format_args!("  primary changed: {change:?}"));
+        self.db_moved = true;
+        let Some(monitor) = self.monitor.take() else {
+            return Ok(());
+        };
+        let mut findings = monitor.stop_with_findings().await;
+        if change == PrimaryChange::WentBack {
+            findings.forget_versions();
+        }
+        let client = self
+            .db
+            .client()
+            .await
+            .map_err(|e| format!("harness: the monitor cannot reach the new primary: {e:#}"))?;
+        self.monitor = Some(RegressionMonitor::resume(
+            client,
+            CLUSTER,
+            MONITOR_EVERY,
+            findings,
+        ));
+        Ok(())
     }
 
     /// A step against the real control plane: changes go to the model and to the real API
@@ -503,6 +553,10 @@ impl World {
             // Played by `apply_harness_step`.
             Step::DbCut
             | Step::DbRestore
+            | Step::DbSwitchover
+            | Step::DbReadOnly { .. }
+            | Step::DbLostCommits
+            | Step::DbWindowEnd
             | Step::Sigterm { .. }
             | Step::Sigkill { .. }
             | Step::Redeploy(_)
@@ -583,8 +637,7 @@ impl World {
     /// Real mode: the lagging apiserver catches up, deleted namespaces are created again (in
     /// the model and, once the namespace controller is done, on the server).
     async fn lift_real_faults(&mut self, plane: &RealPlane) -> Result<(), String> {
-        self.proxy.restore();
-        self.db_cut = false;
+        self.lift_db_faults().await?;
         self.api_faults = false;
         plane.lagging_catch_up().await;
         let model = self.store();
@@ -605,7 +658,15 @@ impl World {
         Ok(())
     }
 
-    fn lift_faults(&mut self) {
+    /// The database reachable again, its open window ended (a failover played now).
+    async fn lift_db_faults(&mut self) -> Result<(), String> {
+        self.db.restore();
+        self.db_cut = false;
+        let change = self.db.end_window().await?;
+        self.follow_primary(change).await
+    }
+
+    async fn lift_faults(&mut self) -> Result<(), String> {
         let store = self.store();
         store.fail_next(0);
         store.set_delay(0);
@@ -616,9 +677,8 @@ impl World {
         if was_stuck {
             store.drop_watches();
         }
-        self.proxy.restore();
-        self.db_cut = false;
         self.api_faults = false;
+        self.lift_db_faults().await
     }
 
     /// Replicas that exited on their own are restarted (as Kubernetes would); a panic is a
@@ -655,7 +715,7 @@ impl World {
     pub async fn quiet_point(&mut self, opts: &FuzzOptions) -> Result<(), String> {
         let real = self.real_plane();
         match &real {
-            None => self.lift_faults(),
+            None => self.lift_faults().await?,
             Some(plane) => self.lift_real_faults(plane).await?,
         }
         self.note("quiet point: faults lifted");
@@ -734,6 +794,7 @@ impl World {
         {
             return Err(format!("regression: {first}"));
         }
+        self.db_moved = false;
         Ok(())
     }
 
@@ -744,7 +805,7 @@ impl World {
         let mut trace = self.trace.join("\n");
         trace.push('\n');
         std::fs::write(dir.join("trace.txt"), trace).ok()?;
-        for (label, log) in &self.past_logs {
+        for (label, log) in self.past_logs.iter().chain(&self.db.logs()) {
             std::fs::write(dir.join(format!("{label}.log")), log).ok()?;
         }
         for (r, p) in self.replicas.iter().enumerate() {
