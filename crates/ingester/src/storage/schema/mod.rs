@@ -261,8 +261,11 @@ pub fn staging_ddl(lz4: bool) -> String {
     // lz4 in staging too: a compressed value is copied into the main table as it is, so
     // the rows are compressed once, with the fast method.
     let c = if lz4 { " COMPRESSION lz4" } else { "" };
+    // `IF NOT EXISTS` answers an existing table with a NOTICE, which the client would log at
+    // every batch: this transaction asks for warnings and errors only.
     format!(
-        "CREATE TEMP TABLE IF NOT EXISTS ingester_staging (
+        "SET LOCAL client_min_messages = warning;
+        CREATE TEMP TABLE IF NOT EXISTS ingester_staging (
             global_uid text NOT NULL,
             cluster_name text NOT NULL,
             uid text NOT NULL,
