@@ -48,14 +48,7 @@ async fn rig() -> anyhow::Result<Option<(PgPair, Harness)>> {
     pair.wait_replayed(REPLAY).await?;
     let sim = KubeSim::start(SimConfig::default()).await?;
     let store = sim.store();
-    store.create(namespace("team-a"))?;
-    for i in 0..5 {
-        store.create(configmap(
-            "team-a",
-            &format!("cm-{i}"),
-            json!({"i": i.to_string()}),
-        ))?;
-    }
+    seed_configmaps(&store, "team-a", 5)?;
     let dir = tempfile::tempdir()?;
     sim.write_kubeconfig(&dir.path().join("kubeconfig"))?;
     Ok(Some((pair, Harness { sim, db, dir })))

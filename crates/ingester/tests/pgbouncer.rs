@@ -248,14 +248,7 @@ async fn a_server_refusing_logins_behind_pgbouncer_at_start_up_is_waited_for() -
         return Ok(());
     };
     let store = h.store();
-    store.create(namespace("team-a"))?;
-    for i in 0..5 {
-        store.create(configmap(
-            "team-a",
-            &format!("cm-{i}"),
-            json!({"i": i.to_string()}),
-        ))?;
-    }
+    seed_configmaps(&store, "team-a", 5)?;
     // The pooler has served before (it knows the server's parameters, so it completes a
     // client's connection on its own); then the server refuses logins to the database and
     // the pooler's server connections end.

@@ -218,6 +218,19 @@ pub fn configmap(ns: &str, name: &str, data: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": data})
 }
 
+/// Namespace `ns` with ConfigMaps `cm-0` … `cm-{n-1}` (data `i`: their number).
+pub fn seed_configmaps(store: &Store, ns: &str, n: usize) -> anyhow::Result<()> {
+    store.create(namespace(ns))?;
+    for i in 0..n {
+        store.create(configmap(
+            ns,
+            &format!("cm-{i}"),
+            json!({"i": i.to_string()}),
+        ))?;
+    }
+    Ok(())
+}
+
 /// A CustomResourceDefinition with the given versions (name, served, storage) and scope
 /// (`Namespaced` or `Cluster`).
 pub fn crd_json(
