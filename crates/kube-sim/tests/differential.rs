@@ -357,6 +357,20 @@ fn shape(events: &[(Duration, Value)]) -> Vec<Value> {
         .collect()
 }
 
+/// `shape` without a plain progress BOOKMARK (no annotation) as the last event. The real watch
+/// cache's bookmark timer ticks in whole-second buckets; on a loaded machine (CI, once in many
+/// runs) it sent one in the last moment of a `timeoutSeconds=1` watch after the
+/// initial-events-end bookmark. A client must take a bookmark at any time, and when they come is
+/// what `bookmark_timing_follows_the_real_watch_cache` compares; here only the events are.
+fn without_closing_progress_bookmark(mut events: Vec<Value>) -> Vec<Value> {
+    let is_progress =
+        |e: &Value| e[0] == "BOOKMARK" && e[1]["metadata"].get("annotations").is_none();
+    if events.last().is_some_and(is_progress) {
+        events.pop();
+    }
+    events
+}
+
 /// (a) lists with resourceVersion unset, "0", exact; limit/continue; the validation of the
 /// combinations; (d) label and field selectors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -543,8 +557,8 @@ async fn watches_and_streaming_lists() {
     }
     for (q, took, cs, es, closed_s, cr, er, closed_r) in futures::future::join_all(tasks).await {
         assert_eq!(
-            (cs, shape(&es), closed_s),
-            (cr, shape(&er), closed_r),
+            (cs, without_closing_progress_bookmark(shape(&es)), closed_s),
+            (cr, without_closing_progress_bookmark(shape(&er)), closed_r),
             "{q} (took {took:?}): kube-sim (left) and kube-apiserver (right) differ"
         );
         if q.contains("{future}") && q.contains("sendInitialEvents") {
