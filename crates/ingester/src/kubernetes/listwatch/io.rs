@@ -7,12 +7,13 @@ use std::time::Instant;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use kube::api::{Api, ListParams};
+use kube::Client;
 use tokio::sync::Semaphore;
 use tracing::info;
 
 use super::machine::{Machine, Phase, Received, Transition};
 use super::step::{FailureReason, Step};
-use super::{ObjectStream, Settings, Start};
+use super::{wire, ObjectStream, Settings, Start};
 use crate::row::object::RawObject;
 
 /// The list-and-watch loop as a stream of steps (cancel-safe: drop it to stop).
@@ -22,6 +23,7 @@ pub(super) fn run(
     start: Start,
 ) -> BoxStream<'static, Step> {
     let io = Io {
+        client: api.clone().into_client(),
         api,
         page_size: settings.page_size,
         list_permits: settings.list_permits,
@@ -43,6 +45,8 @@ pub(super) fn run(
 }
 
 struct Io {
+    /// The requests go through `wire`, which decodes the answers into `RawObject`s.
+    client: Client,
     api: Api<RawObject>,
     page_size: u32,
     /// Bounds the lists running at once (across watches).
@@ -59,7 +63,8 @@ impl Io {
             }
             Phase::Resume { from, newest } => {
                 // A consistent read (no resourceVersion) of the collection's current one.
-                let read = self.api.list(&ListParams::default().limit(1)).await;
+                let read =
+                    wire::list(&self.client, &self.api, &ListParams::default().limit(1)).await;
                 let read = read.map(|list| list.metadata.resource_version);
                 self.machine.on_current(from, newest, read)
             }
@@ -98,7 +103,7 @@ impl Io {
                     limit: Some(self.page_size),
                     ..ListParams::default()
                 };
-                let page = self.api.list(&params).await;
+                let page = wire::list(&self.client, &self.api, &params).await;
                 self.machine.on_first_page(consistent, permit, page)
             }
             Phase::Paging {
@@ -117,7 +122,7 @@ impl Io {
                     continue_token: Some(continue_token),
                     ..ListParams::default()
                 };
-                let page = self.api.list(&params).await;
+                let page = wire::list(&self.client, &self.api, &params).await;
                 self.machine.on_next_page(resource_version, page)
             }
             Phase::StreamingList { mut stream } => {
@@ -142,7 +147,7 @@ impl Io {
         initial_events: bool,
     ) -> Result<ObjectStream, kube::Error> {
         let params = self.machine.watch_params(initial_events, Instant::now());
-        Ok(self.api.watch(&params, from).await?.boxed())
+        wire::watch(&self.client, &self.api, &params, from).await
     }
 
     /// The next watch event, or why there is none: a watch silent for longer than the

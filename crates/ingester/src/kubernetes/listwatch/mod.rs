@@ -11,11 +11,13 @@
 //! - `catch_up.rs`: the catch-up after a resume (short watches until the server has shown
 //!   it is past the collection's resourceVersion read at resume).
 //! - `io.rs`: the thin loop that makes the requests each phase needs.
+//! - `wire.rs`: those requests' answers decoded straight into `RawObject`s.
 
 mod catch_up;
 mod io;
 mod machine;
 mod step;
+mod wire;
 
 use std::sync::Arc;
 
