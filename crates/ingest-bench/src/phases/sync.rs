@@ -117,6 +117,10 @@ pub async fn run(b: &mut Bench, sim: Sim) -> anyhow::Result<MainRun> {
         .add("sync", "krateo_resource_history MiB", fmt1(history));
     b.summary.sync_rps = sync_rps;
     b.summary.peak_rss = s.peak_rss_mib;
+    b.summary.sync_secs = s.seconds;
+    b.summary.ingester_cpu_secs = s.ingester_cpu;
+    b.summary.pg_cpu_secs = s.pg_cpu_ours;
+    b.summary.table_mib = table;
     Ok(MainRun {
         sim,
         db,
