@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         Err(exit) => return exit,
     };
     init_logging(&config);
-    let Some(runtime) = runtime() else {
+    let Some(runtime) = runtime(config.runtime_threads) else {
         return ExitCode::FAILURE;
     };
     match &config.command {
@@ -91,8 +91,9 @@ fn config(matches: &ArgMatches) -> Result<Config, ExitCode> {
 }
 
 /// The async runtime, or `None` (said why) when it cannot start.
-fn runtime() -> Option<Runtime> {
+fn runtime(threads: u16) -> Option<Runtime> {
     match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.into())
         .enable_all()
         .build()
     {

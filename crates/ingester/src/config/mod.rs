@@ -123,6 +123,13 @@ pub struct Config {
     /// Longest time a change waits in a lane before its batch is flushed.
     #[arg(long, env = "FLUSH_INTERVAL", default_value = "100ms", value_parser = duration_between(millis(1), hours(1)))]
     pub flush_interval: Duration,
+    /// Threads of the async runtime. One is the default: the work is mostly waiting on the API
+    /// server and PostgreSQL, one thread decodes and encodes ~25,000 objects/s (PostgreSQL's
+    /// floor is far below), and every further thread costs a malloc arena and cross-thread
+    /// wake-ups (docs/benchmarks.md, "CPU per object"). Raise it when the ingester's own CPU is
+    /// the bottleneck.
+    #[arg(long, env = "RUNTIME_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub runtime_threads: u16,
     /// Worker/writer lanes: each builds records and writes with its own PostgreSQL
     /// connection; an object always goes to the same lane (hash of its global uid).
     #[arg(long, env = "WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]

@@ -137,6 +137,8 @@ fn out_of_range_durations_and_sizes_name_the_variable() {
         ("--lease-retry-period", "0s", "LEASE_RETRY_PERIOD"),
         ("--batch-size", "0", "BATCH_SIZE"),
         ("--workers", "0", "WORKERS"),
+        ("--runtime-threads", "0", "RUNTIME_THREADS"),
+        ("--runtime-threads", "257", "RUNTIME_THREADS"),
         ("--queue-capacity", "0", "QUEUE_CAPACITY"),
         ("--list-page-size", "0", "LIST_PAGE_SIZE"),
         ("--list-concurrency", "0", "LIST_CONCURRENCY"),
