@@ -55,6 +55,18 @@ impl Size {
     }
 }
 
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Size, String> {
+        match s {
+            "small" => Ok(Size::Small),
+            "realistic" => Ok(Size::Realistic),
+            "large" => Ok(Size::Large),
+            _ => Err(format!("unknown size {s:?} (small, realistic or large)")),
+        }
+    }
+}
+
 pub fn namespace_name(i: usize) -> String {
     format!("bench-{i:04}")
 }
