@@ -28,8 +28,59 @@ pub(crate) fn map_indexed<U: Send>(n: usize, f: impl Fn(usize) -> U + Sync) -> V
     })
 }
 
+/// `consume(produce(0))`, `consume(produce(1))`, … for `batches` batches, with the next batch
+/// produced on a helper thread while the caller consumes the current one (a bulk load generates
+/// while the store takes the lock to insert). Stops at the first error.
+pub(crate) fn pipeline<T: Send, E>(
+    batches: usize,
+    produce: impl Fn(usize) -> T + Sync,
+    mut consume: impl FnMut(T) -> Result<(), E>,
+) -> Result<(), E> {
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let produce = &produce;
+        s.spawn(move || {
+            for b in 0..batches {
+                // The consumer stopped (an error): nothing more to make.
+                if tx.send(produce(b)).is_err() {
+                    break;
+                }
+            }
+        });
+        rx.into_iter().try_for_each(&mut consume)
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_pipeline_consumes_every_batch_in_order_and_stops_at_an_error() {
+        let mut seen = Vec::new();
+        let r: Result<(), ()> = super::pipeline(
+            5,
+            |b| b * 10,
+            |x| {
+                seen.push(x);
+                Ok(())
+            },
+        );
+        assert_eq!((r, seen), (Ok(()), vec![0, 10, 20, 30, 40]));
+        let mut seen = Vec::new();
+        let r = super::pipeline(
+            1000,
+            |b| b,
+            |x| {
+                seen.push(x);
+                if x == 2 {
+                    Err(x)
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        assert_eq!((r, seen), (Err(2), vec![0, 1, 2]));
+    }
+
     #[test]
     fn results_come_in_index_order_whatever_the_split() {
         for n in [0, 1, 2, 3, 7, 1000] {

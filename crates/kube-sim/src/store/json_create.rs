@@ -83,12 +83,8 @@ impl Store {
         let parsed = crate::parallel::map_indexed(objs.len(), |k| parse(&objs[k]));
         self.write(|i| {
             let (mut n, mut first_err) = (0, None);
-            let mut scratch = Vec::new();
             for (src, p) in objs.iter().zip(&parsed) {
-                let created = match p
-                    .as_ref()
-                    .and_then(|p| i.create_parsed(p, preserve, &mut scratch))
-                {
+                let created = match p.as_ref().and_then(|p| i.create_parsed(p, preserve)) {
                     Some(r) => r,
                     None => serde_json::from_slice::<Value>(src)
                         .map_err(|e| ApiError::bad_request(e.to_string()))
@@ -112,7 +108,6 @@ impl Inner {
         &mut self,
         p: &Parsed<'_>,
         preserve: bool,
-        scratch: &mut Vec<u8>,
     ) -> Option<Result<Arc<Obj>, ApiError>> {
         let def = self.registry.by_kind(p.api_version, p.kind)?;
         if has_kind_defaults(&def) {
@@ -150,7 +145,7 @@ impl Inner {
         }
         let rv = self.rv + 1;
         set_server_fields(&mut meta, &def, rv, preserve);
-        write_body(scratch, &p.members, &meta);
+        let body = write_body(&p.members, &meta);
         let obj = Arc::new(Obj {
             ns: namespace.into(),
             name: name.into(),
@@ -158,7 +153,7 @@ impl Inner {
             rv,
             api_version: p.api_version.into(),
             kind: def.kind.as_str().into(),
-            body: Bytes::copy_from_slice(scratch),
+            body: Bytes::from(body),
         });
         self.record(&def.key, EventType::Added, obj.clone());
         Some(Ok(obj))
@@ -210,41 +205,54 @@ fn set_server_fields(
     });
 }
 
-/// The stored body: the members in key order with the metadata, without apiVersion and kind.
-fn write_body(out: &mut Vec<u8>, members: &RawMembers<'_>, meta: &BTreeMap<&str, Member<'_>>) {
-    out.clear();
-    out.push(b'{');
-    let mut first = true;
-    let mut key = |out: &mut Vec<u8>, k: &str| {
-        if !std::mem::take(&mut first) {
-            out.push(b',');
-        }
+/// The stored body: the members in key order with the metadata, without apiVersion and kind, in
+/// an allocation of its size (the store keeps it).
+fn write_body(members: &RawMembers<'_>, meta: &BTreeMap<&str, Member<'_>>) -> Vec<u8> {
+    // `"key":value` and a comma (or the closing brace) per member.
+    let member_len = |k: &str, v: &str| k.len() + v.len() + 4;
+    let len = 1
+        + members
+            .iter()
+            .map(|(k, v)| member_len(k, v.get()))
+            .sum::<usize>()
+        + member_len("metadata", "{}")
+        + meta
+            .iter()
+            .map(|(k, v)| member_len(k, v.text()))
+            .sum::<usize>()
+        - usize::from(!meta.is_empty());
+    let mut out = Vec::with_capacity(len);
+    let mut sep = b'{';
+    let mut member = |out: &mut Vec<u8>, k: &str| {
+        out.push(std::mem::replace(&mut sep, b','));
         // Keys parsed as borrowed strings have no escapes, and need none.
         out.push(b'"');
         out.extend_from_slice(k.as_bytes());
         out.extend_from_slice(b"\":");
     };
     for (k, v) in members.range::<&str, _>(.."metadata") {
-        key(out, k);
+        member(&mut out, k);
         out.extend_from_slice(v.get().as_bytes());
     }
-    key(out, "metadata");
-    out.push(b'{');
+    member(&mut out, "metadata");
     for (n, (k, v)) in meta.iter().enumerate() {
-        if n > 0 {
-            out.push(b',');
-        }
+        out.push(if n == 0 { b'{' } else { b',' });
         out.push(b'"');
         out.extend_from_slice(k.as_bytes());
         out.extend_from_slice(b"\":");
         out.extend_from_slice(v.text().as_bytes());
     }
+    if meta.is_empty() {
+        out.push(b'{');
+    }
     out.push(b'}');
     for (k, v) in members.range::<&str, _>("metadata"..) {
-        key(out, k);
+        member(&mut out, k);
         out.extend_from_slice(v.get().as_bytes());
     }
     out.push(b'}');
+    debug_assert_eq!(out.len(), len, "the body's size is computed exactly");
+    out
 }
 
 fn json_string(s: &str) -> String {

@@ -260,8 +260,9 @@ impl PodGen {
     }
 }
 
-/// Loads `n` pods (and their namespaces) into the store: pods are written as JSON on two threads
-/// and stored from those bytes (`Store::create_many_json`), a batch at a time.
+/// Loads `n` pods (and their namespaces) into the store: pods are written as JSON on every core
+/// and stored from those bytes (`Store::create_many_json`), a batch at a time, the next batch
+/// written while the store takes the current one.
 pub fn preload(store: &Store, n: usize, size: Size) -> anyhow::Result<()> {
     let namespaces = n.div_ceil(PODS_PER_NAMESPACE).max(1);
     let (_, err) = store.create_many((0..namespaces).map(namespace), false);
@@ -270,17 +271,17 @@ pub fn preload(store: &Store, n: usize, size: Size) -> anyhow::Result<()> {
     }
     let gen = PodGen::new(size);
     const BATCH: usize = 2000;
-    let mut i = 0;
-    while i < n {
-        let end = (i + BATCH).min(n);
-        let pods = crate::parallel::map_indexed(end - i, |k| gen.pod_json(i + k));
-        let (_, err) = store.create_many_json(&pods, false);
-        if let Some(e) = err {
-            anyhow::bail!("creating pods: {e:?}");
-        }
-        i = end;
-    }
-    Ok(())
+    crate::parallel::pipeline(
+        n.div_ceil(BATCH),
+        |b| {
+            let (from, to) = (b * BATCH, ((b + 1) * BATCH).min(n));
+            crate::parallel::map_indexed(to - from, |k| gen.pod_json(from + k))
+        },
+        |pods| match store.create_many_json(&pods, false) {
+            (_, Some(e)) => Err(anyhow::anyhow!("creating pods: {e:?}")),
+            _ => Ok(()),
+        },
+    )
 }
 
 /// Namespaces `preload` creates for `n` pods.
