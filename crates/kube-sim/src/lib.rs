@@ -11,6 +11,7 @@ pub mod error;
 pub mod faults;
 pub mod load;
 mod openapi;
+mod parallel;
 pub mod patch;
 mod protobuf;
 pub mod resources;

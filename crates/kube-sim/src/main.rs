@@ -1,6 +1,7 @@
 //! `kube-sim` binary: flags, optional preload/load/churn, serve until SIGTERM/SIGINT.
 
 use clap::Parser;
+use kube_sim::workload::reference::{self, Size};
 use kube_sim::workload::{self, WorkloadConfig};
 use kube_sim::{BookmarkTiming, KubeSim, SimConfig, Store};
 use std::io::Write;
@@ -66,6 +67,16 @@ struct Args {
     /// Stop the churn after this long (default: until exit).
     #[arg(long, value_parser = humantime::parse_duration)]
     churn_duration: Option<Duration>,
+    /// Preload this many of the benchmark's reference pods (ingest-bench's objects) and their
+    /// namespaces, and log objects, JSON bytes, load seconds, objects/s and peak RSS.
+    #[arg(long, default_value_t = 0)]
+    reference_pods: usize,
+    /// Size of the reference pods: small (~2 KiB), realistic (~10 KiB), large (~16 KiB).
+    #[arg(long, default_value = "realistic")]
+    reference_size: Size,
+    /// Exit after preloading (and logging the figures) instead of serving.
+    #[arg(long)]
+    exit_after_load: bool,
 }
 
 #[tokio::main]
@@ -110,6 +121,12 @@ async fn main() -> anyhow::Result<()> {
             "workload preloaded"
         );
     }
+    if args.reference_pods > 0 {
+        preload_reference(&store, args.reference_pods, args.reference_size)?;
+    }
+    if args.exit_after_load {
+        return Ok(());
+    }
     let cfg = SimConfig {
         listen: args.listen,
         history: args.history,
@@ -153,4 +170,45 @@ async fn main() -> anyhow::Result<()> {
     }
     sim.shutdown().await;
     Ok(())
+}
+
+/// Preloads the reference pods and logs what the load cost: the figures of docs/kube-sim.md,
+/// "Scale: memory and load rate".
+fn preload_reference(store: &Store, pods: usize, size: Size) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    reference::preload(store, pods, size)?;
+    let load_seconds = start.elapsed().as_secs_f64();
+    let json_bytes = store.stored_bytes("v1", "Pod") + store.stored_bytes("v1", "Namespace");
+    let peak_rss_bytes = proc_status_bytes("VmHWM:");
+    let rss_bytes = proc_status_bytes("VmRSS:");
+    tracing::info!(
+        objects = store.len(),
+        pods,
+        size = size.label(),
+        json_bytes,
+        load_seconds = format!("{load_seconds:.2}"),
+        objects_per_second = (store.len() as f64 / load_seconds.max(1e-9)).round() as u64,
+        peak_rss_bytes,
+        rss_bytes,
+        peak_rss_per_json_byte = format!("{:.3}", peak_rss_bytes as f64 / json_bytes.max(1) as f64),
+        "reference pods preloaded"
+    );
+    Ok(())
+}
+
+/// A `/proc/self/status` memory figure (`VmHWM:` is the peak RSS) in bytes; 0 where there is no
+/// procfs.
+fn proc_status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
 }

@@ -481,31 +481,25 @@ pub fn preload(store: &Store, cfg: &WorkloadConfig) -> WorkloadReport {
         r.other = batch.len();
         flush(&mut batch, &mut r, &mut rng);
     }
-    // Pods are generated on two threads, each pod from its own seeded generator, so the output
-    // does not depend on the threading.
-    let gen = |range: std::ops::Range<usize>| -> Vec<Value> {
-        range
-            .map(|i| {
-                let mut prng = SmallRng::seed_from_u64(
-                    cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64,
-                );
-                pod(&mut prng, &apps[i % apps.len()], i, cfg.target_bytes)
-            })
-            .collect()
+    // Pods are generated and serialized on every core, each pod from its own seeded generator
+    // (so the output does not depend on the threading), and stored from their bytes.
+    let gen = |i: usize| -> Vec<u8> {
+        let mut prng =
+            SmallRng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64);
+        let pod = pod(&mut prng, &apps[i % apps.len()], i, cfg.target_bytes);
+        serde_json::to_vec(&pod).unwrap_or_default()
     };
-    const CHUNK: usize = 2000;
+    const BATCH: usize = 4000;
     let mut start_i = 0;
     while start_i < cfg.pods {
-        let end = (start_i + 2 * CHUNK).min(cfg.pods);
-        let mid = (start_i + CHUNK).min(end);
-        let (a, b) = std::thread::scope(|s| {
-            let h = s.spawn(|| gen(mid..end));
-            let a = gen(start_i..mid);
-            (a, h.join().unwrap_or_default())
-        });
-        batch.extend(a);
-        batch.extend(b);
-        flush(&mut batch, &mut r, &mut rng);
+        let end = (start_i + BATCH).min(cfg.pods);
+        let pods = crate::parallel::map_indexed(end - start_i, |k| gen(start_i + k));
+        let (n, err) = store.create_many_json(&pods, true);
+        r.objects += n;
+        if let Some(e) = err {
+            r.errors += 1;
+            tracing::warn!(error = %e, "workload preload");
+        }
         start_i = end;
     }
     r.pods = cfg.pods;

@@ -451,7 +451,7 @@ fn resolve_namespace(
     Ok(namespace)
 }
 
-fn validate_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
+pub(super) fn validate_name(def: &ResourceDef, name: &str) -> Result<(), ApiError> {
     // Path-segment rules (what every resource needs); DNS rules vary by kind and are not enforced.
     let bad = name.len() > 253
         || name == "."

@@ -13,6 +13,7 @@ mod crd;
 mod crud;
 mod fault_switches;
 mod history;
+mod json_create;
 mod object;
 mod paging;
 #[cfg(test)]

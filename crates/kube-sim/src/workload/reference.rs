@@ -10,10 +10,13 @@
 //! name any pod (`pod_key`) without keeping the set; the benchmark figures were measured with
 //! exactly these objects.
 
+mod template;
+
 use serde_json::{json, Value};
 
 use super::CHANGED_AT;
 use crate::store::Store;
+use template::{has_composition, Slot, Template};
 
 /// Pods per namespace.
 pub const PODS_PER_NAMESPACE: usize = 1000;
@@ -55,6 +58,18 @@ impl Size {
     }
 }
 
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Size, String> {
+        match s {
+            "small" => Ok(Size::Small),
+            "realistic" => Ok(Size::Realistic),
+            "large" => Ok(Size::Large),
+            _ => Err(format!("unknown size {s:?} (small, realistic or large)")),
+        }
+    }
+}
+
 pub fn namespace_name(i: usize) -> String {
     format!("bench-{i:04}")
 }
@@ -80,36 +95,13 @@ pub fn pod_key(i: usize) -> (String, String) {
     )
 }
 
-fn hex_uuid(a: u64, b: u64) -> String {
-    let x = (a as u128) << 64 | b as u128;
-    let s = format!("{x:032x}");
-    format!(
-        "{}-{}-4{}-8{}-{}",
-        &s[0..8],
-        &s[8..12],
-        &s[13..16],
-        &s[17..20],
-        &s[20..32]
-    )
-}
-
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51afd7ed558ccd);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ceb9fe1a85ec53);
-    x ^ (x >> 33)
-}
-
-fn container(i: usize, c: usize, envs: usize) -> Value {
+fn container(c: usize, envs: usize, text: &mut dyn FnMut(Slot) -> String) -> Value {
     let env: Vec<Value> = (0..envs)
-        .map(|e| {
-            json!({"name": format!("APP_SETTING_{c}_{e:03}"), "value": format!("value-{:016x}", mix((i * 131 + c * 17 + e) as u64))})
-        })
+        .map(|e| json!({"name": format!("APP_SETTING_{c}_{e:03}"), "value": text(Slot::EnvValue { c, e })}))
         .collect();
     json!({
         "name": if c == 0 { "app".to_owned() } else { format!("sidecar-{c}") },
-        "image": format!("registry.example.com/team/app-{}:1.{}.{}", i % 97, c, i % 13),
+        "image": text(Slot::Image { c }),
         "imagePullPolicy": "IfNotPresent",
         "ports": [{"name": "http", "containerPort": 8080 + c, "protocol": "TCP"}],
         "env": env,
@@ -156,39 +148,39 @@ fn managed_fields(containers: usize) -> Value {
     ])
 }
 
-fn build(i: usize, size: Size, envs: usize) -> Value {
-    let (ns, name) = pod_key(i);
-    let app = i % 97;
-    let h = mix(i as u64);
+/// Pod `i`'s JSON. Every string that depends on `i` comes from `text`, which either computes it
+/// (`Slot::text`) or, for a template, leaves a placeholder; only the composition label's presence
+/// changes the shape.
+fn build(i: usize, size: Size, envs: usize, text: &mut dyn FnMut(Slot) -> String) -> Value {
     let mut labels = json!({
-        "app.kubernetes.io/name": format!("app-{app:02}"),
-        "app.kubernetes.io/instance": format!("app-{app:02}-{}", i % 5),
+        "app.kubernetes.io/name": text(Slot::AppName),
+        "app.kubernetes.io/instance": text(Slot::AppInstance),
         "pod-template-hash": "7d9f8b6c5d",
     });
     // A third of the pods belong to a Krateo composition.
-    if i.is_multiple_of(3) {
-        labels["krateo.io/composition-id"] = json!(hex_uuid(mix(app as u64), 7));
+    if has_composition(i) {
+        labels["krateo.io/composition-id"] = json!(text(Slot::CompositionId));
     }
     let containers: Vec<Value> = (0..size.containers())
-        .map(|c| container(i, c, if c == 0 { envs } else { 4 }))
+        .map(|c| container(c, if c == 0 { envs } else { 4 }, text))
         .collect();
     let statuses: Vec<Value> = (0..size.containers())
         .map(|c| {
             json!({"name": if c == 0 { "app".to_owned() } else { format!("sidecar-{c}") }, "ready": true, "restartCount": 0, "started": true,
                    "state": {"running": {"startedAt": "2025-05-01T10:00:05Z"}},
-                   "image": format!("registry.example.com/team/app-{}:1.{}.{}", i % 97, c, i % 13),
-                   "imageID": format!("registry.example.com/team/app@sha256:{:016x}{:016x}{:016x}{:016x}", h, mix(h), mix(h + 1), mix(h + 2)),
-                   "containerID": format!("containerd://{:016x}{:016x}{:016x}{:016x}", mix(h + 3), mix(h + 4), mix(h + 5), mix(h + 6))})
+                   "image": text(Slot::Image { c }),
+                   "imageID": text(Slot::ImageId),
+                   "containerID": text(Slot::ContainerId)})
         })
         .collect();
-    let ip = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+    let ip = text(Slot::PodIp);
     let mut meta = json!({
-        "name": name,
-        "namespace": ns,
-        "generateName": format!("app-{app:02}-7d9f8b6c5d-"),
+        "name": text(Slot::Name),
+        "namespace": text(Slot::Namespace),
+        "generateName": text(Slot::GenerateName),
         "labels": labels,
         "annotations": {"kubectl.kubernetes.io/restartedAt": "2025-05-01T09:59:00Z", CHANGED_AT: "2025-05-01T10:00:00.000000000Z"},
-        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("app-{app:02}-7d9f8b6c5d"), "uid": hex_uuid(mix(app as u64 + 1000), 9), "controller": true, "blockOwnerDeletion": true}],
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": text(Slot::OwnerName), "uid": text(Slot::OwnerUid), "controller": true, "blockOwnerDeletion": true}],
     });
     if size.managed_fields() {
         meta["managedFields"] = managed_fields(size.containers());
@@ -199,11 +191,11 @@ fn build(i: usize, size: Size, envs: usize) -> Value {
         "spec": {
             "containers": containers,
             "volumes": [
-                {"name": "config", "configMap": {"name": format!("app-{app:02}-config"), "defaultMode": 420}},
+                {"name": "config", "configMap": {"name": text(Slot::ConfigMap), "defaultMode": 420}},
                 {"name": "kube-api-access-x7k2p", "projected": {"defaultMode": 420, "sources": [{"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}, {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}}
             ],
             "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
-            "serviceAccountName": "default", "serviceAccount": "default", "nodeName": format!("node-{:03}", i % 50),
+            "serviceAccountName": "default", "serviceAccount": "default", "nodeName": text(Slot::NodeName),
             "securityContext": {"runAsUser": 1000, "fsGroup": 2000}, "schedulerName": "default-scheduler",
             "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
                             {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}],
@@ -218,8 +210,8 @@ fn build(i: usize, size: Size, envs: usize) -> Value {
                 {"type": "ContainersReady", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2025-05-01T10:00:07Z"},
                 {"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2025-05-01T10:00:00Z"}
             ],
-            "hostIP": format!("192.168.1.{}", i % 50), "hostIPs": [{"ip": format!("192.168.1.{}", i % 50)}],
-            "podIP": ip, "podIPs": [{"ip": ip}],
+            "hostIP": text(Slot::HostIp), "hostIPs": [{"ip": text(Slot::HostIp)}],
+            "podIP": ip.clone(), "podIPs": [{"ip": ip}],
             "startTime": "2025-05-01T10:00:00Z",
             "containerStatuses": statuses,
             "qosClass": "Burstable"
@@ -231,25 +223,46 @@ fn build(i: usize, size: Size, envs: usize) -> Value {
 pub struct PodGen {
     size: Size,
     envs: usize,
+    /// Pod JSON templates: without and with the composition label.
+    templates: [Template; 2],
 }
 
 impl PodGen {
     pub fn new(size: Size) -> PodGen {
         // Sizes as served (kube-sim adds uid, resourceVersion, creationTimestamp: ~130 bytes).
-        let served =
-            |envs| serde_json::to_vec(&build(123_456, size, envs)).map_or(0, |v| v.len()) + 130;
+        let served = |envs| {
+            let pod = build(123_456, size, envs, &mut |slot| slot.text(123_456));
+            serde_json::to_vec(&pod).map_or(0, |v| v.len()) + 130
+        };
         let base = served(0);
         let per = (served(10) - base) / 10;
         let envs = size.target_bytes().saturating_sub(base) / per.max(1);
-        PodGen { size, envs }
+        let template = |i| Template::new(|text| build(i, size, envs, text));
+        let templates = [template(1), template(0)];
+        debug_assert!(!has_composition(1) && has_composition(0));
+        PodGen {
+            size,
+            envs,
+            templates,
+        }
     }
 
     pub fn pod(&self, i: usize) -> Value {
-        build(i, self.size, self.envs)
+        build(i, self.size, self.envs, &mut |slot| slot.text(i))
+    }
+
+    /// Pod `i` as JSON: the bytes of `serde_json::to_vec(&self.pod(i))`, several times faster.
+    pub fn pod_json(&self, i: usize) -> Vec<u8> {
+        let template = &self.templates[usize::from(has_composition(i))];
+        let mut out = Vec::with_capacity(template.len_hint());
+        template.write(i, &mut out);
+        out
     }
 }
 
-/// Loads `n` pods (and their namespaces) into the store.
+/// Loads `n` pods (and their namespaces) into the store: pods are written as JSON on every core
+/// and stored from those bytes (`Store::create_many_json`), a batch at a time, the next batch
+/// written while the store takes the current one.
 pub fn preload(store: &Store, n: usize, size: Size) -> anyhow::Result<()> {
     let namespaces = n.div_ceil(PODS_PER_NAMESPACE).max(1);
     let (_, err) = store.create_many((0..namespaces).map(namespace), false);
@@ -257,16 +270,18 @@ pub fn preload(store: &Store, n: usize, size: Size) -> anyhow::Result<()> {
         anyhow::bail!("creating namespaces: {e:?}");
     }
     let gen = PodGen::new(size);
-    let mut i = 0;
-    while i < n {
-        let end = (i + 1000).min(n);
-        let (_, err) = store.create_many((i..end).map(|k| gen.pod(k)), false);
-        if let Some(e) = err {
-            anyhow::bail!("creating pods: {e:?}");
-        }
-        i = end;
-    }
-    Ok(())
+    const BATCH: usize = 2000;
+    crate::parallel::pipeline(
+        n.div_ceil(BATCH),
+        |b| {
+            let (from, to) = (b * BATCH, ((b + 1) * BATCH).min(n));
+            crate::parallel::map_indexed(to - from, |k| gen.pod_json(from + k))
+        },
+        |pods| match store.create_many_json(&pods, false) {
+            (_, Some(e)) => Err(anyhow::anyhow!("creating pods: {e:?}")),
+            _ => Ok(()),
+        },
+    )
 }
 
 /// Namespaces `preload` creates for `n` pods.
@@ -306,6 +321,30 @@ mod tests {
             }
         }
         h
+    }
+
+    /// The template path writes exactly what serializing the `Value` writes: every size, both
+    /// shapes (with and without the composition label), indices across the digit and byte
+    /// boundaries of the names and IPs.
+    #[test]
+    fn pod_json_is_the_serialized_pod() {
+        let far = [
+            999,
+            1000,
+            65_535,
+            65_536,
+            999_999,
+            1_000_000,
+            16_777_216,
+            123_456_789,
+        ];
+        for size in [Size::Small, Size::Realistic, Size::Large] {
+            let gen = PodGen::new(size);
+            for i in (0..400).chain(far) {
+                let want = serde_json::to_vec(&gen.pod(i)).expect("json");
+                assert!(gen.pod_json(i) == want, "{size:?} pod {i}");
+            }
+        }
     }
 
     /// The benchmark figures of docs/benchmarks.md were measured with exactly these objects:
