@@ -7,6 +7,7 @@
 //! into "the rows' fault", "the feed's" or "the environment's" in verdict.rs; here is the flush
 //! loop: the transaction, the retry without the feed, the narrowing.
 
+mod copy_rows;
 mod statements;
 mod verdict;
 

@@ -10,13 +10,13 @@
 
 use std::error::Error as StdError;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use chrono::Utc;
 use deadpool_postgres::Transaction;
-use futures::pin_mut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use futures::{pin_mut, SinkExt};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
+use super::copy_rows::CopyRows;
 use super::verdict::{AttemptError, Stage};
 use super::{Tombstone, WriterOptions};
 use crate::row::record::Record;
@@ -255,20 +255,20 @@ impl ToSql for Jsonb<'_> {
     to_sql_checked!();
 }
 
-/// Sends the records into the staging table (binary `COPY`).
+/// Sends the records into the staging table (binary `COPY`, in pieces of
+/// [`copy_rows::SEND_AT`](super::copy_rows::SEND_AT) bytes).
 pub(super) async fn copy_records(
     tx: &Transaction<'_>,
     records: &[Record],
 ) -> Result<(), AttemptError> {
     let rows = AttemptError::at(Stage::Rows);
-    let sink = tx.copy_in(COPY_SQL).await.map_err(&rows)?;
-    let writer = BinaryCopyInWriter::new(sink, COPY_TYPES);
-    pin_mut!(writer);
+    let sink = tx.copy_in::<_, Bytes>(COPY_SQL).await.map_err(&rows)?;
+    pin_mut!(sink);
+    let mut copy = CopyRows::new();
     for r in records {
         let status = r.status_json().map(Jsonb);
-        writer
-            .as_mut()
-            .write(&[
+        copy.row(
+            &[
                 &r.global_uid,
                 &&*r.cluster_name,
                 &r.uid,
@@ -285,11 +285,22 @@ pub(super) async fn copy_records(
                 &Jsonb(&r.raw),
                 &status,
                 &r.object_resource_version,
-            ])
-            .await
-            .map_err(&rows)?;
+            ],
+            COPY_TYPES,
+        )
+        .map_err(|e| {
+            AttemptError::Data(format!(
+                "a value of {}/{} cannot be encoded (column {}): {}",
+                r.namespace, r.name, e.column, e.error
+            ))
+        })?;
+        if let Some(piece) = copy.take_full() {
+            // `feed`, not `send`: the connection writes it without a flush of its own.
+            sink.feed(piece).await.map_err(&rows)?;
+        }
     }
-    writer.finish().await.map_err(&rows)?;
+    sink.send(copy.finish()).await.map_err(&rows)?;
+    sink.finish().await.map_err(&rows)?;
     Ok(())
 }
 
