@@ -283,9 +283,12 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 }
 
 /// Returns the JSON with every NUL character removed from strings and keys, or `None` when
-/// there is none. A cheap byte search guards the (rare) re-serialisation.
+/// there is none. A cheap byte search guards the (rare) re-serialisation: each backslash is
+/// looked at (objects have few; a substring search for the escape paid for JSON's many `0`s
+/// and `u`s, 4 % of the ingester's CPU in a sync).
 pub fn sanitise_nul(json: &str) -> Option<String> {
-    memchr::memmem::find(json.as_bytes(), b"\\u0000")?;
+    let bytes = json.as_bytes();
+    memchr::memchr_iter(b'\\', bytes).find(|&at| bytes[at + 1..].starts_with(b"u0000"))?;
     let mut value: serde_json::Value = serde_json::from_str(json).ok()?;
     if !strip_nul(&mut value) {
         return None;
