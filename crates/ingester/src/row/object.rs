@@ -141,21 +141,6 @@ impl fmt::Debug for RawObject {
     }
 }
 
-impl<'de> Deserialize<'de> for RawObject {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // kube's list type buffers its items (it has a flattened field), so a zero-copy
-        // `RawValue` cannot be used here: transcode whatever the deserializer holds straight
-        // to JSON text, without building a `serde_json::Value`.
-        let mut json = Vec::with_capacity(4096);
-        {
-            let mut ser = serde_json::Serializer::new(&mut json);
-            serde_transcode::transcode(deserializer, &mut ser).map_err(de::Error::custom)?;
-        }
-        let json = String::from_utf8(json).map_err(de::Error::custom)?;
-        RawObject::from_json(json).map_err(de::Error::custom)
-    }
-}
-
 impl Resource for RawObject {
     type DynamicType = ApiResource;
     type Scope = DynamicResourceScope;
@@ -287,25 +272,6 @@ mod tests {
         assert_eq!(o.status_json(), Some(r#"{"phase":"Running"}"#));
         assert_eq!(o.json, POD);
         assert_eq!(o.api_version.as_deref(), Some("v1"));
-    }
-
-    #[test]
-    fn deserializes_through_a_buffering_deserializer() {
-        // Mimics kube's ObjectList, whose flattened field makes serde buffer the items.
-        #[derive(Deserialize)]
-        struct List {
-            #[serde(flatten)]
-            _rest: std::collections::BTreeMap<String, IgnoredAny>,
-            items: Vec<RawObject>,
-        }
-        let text = format!(r#"{{"kind":"PodList","items":[{POD}]}}"#);
-        let list: List = serde_json::from_str(&text).expect("list");
-        let o = &list.items[0];
-        assert_eq!(o.uid(), Some("u-1"));
-        let v: serde_json::Value = serde_json::from_str(&o.json).expect("json");
-        let orig: serde_json::Value = serde_json::from_str(POD).expect("json");
-        assert_eq!(v, orig);
-        assert_eq!(o.status_json(), Some(r#"{"phase":"Running"}"#));
     }
 
     #[test]
