@@ -50,7 +50,13 @@ pub async fn sync(
         if ready_at.is_none() && really_ready(&proc).await {
             ready_at = Some(t0.elapsed().as_secs_f64());
         }
-        let w = metric(&proc, "ingester_rows_written_total").await;
+        // `/metrics` only once ready: rendering it is the ingester's own work, and a scrape
+        // every 20 ms (50 a second; Prometheus scrapes every 15-30 s) was a sizeable part of
+        // the CPU measured for a sync (docs/benchmarks.md, "CPU per object").
+        let w = match ready_at {
+            Some(_) => metric(&proc, "ingester_rows_written_total").await,
+            None => 0.0,
+        };
         if ready_at.is_some() && w as u64 >= expected {
             written = w as u64;
             break;
@@ -58,7 +64,11 @@ pub async fn sync(
         if Instant::now() > deadline {
             let log = proc.log();
             let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
-            anyhow::bail!("sync not done: {w} of {expected} rows; ingester log (last lines, reversed):\n{tail}");
+            let state = match ready_at {
+                Some(_) => format!("{w} of {expected} rows written"),
+                None => "not ready".to_owned(),
+            };
+            anyhow::bail!("sync not done: {state}; ingester log (last lines, reversed):\n{tail}");
         }
         if proc.livez().await.is_err() && Instant::now() > t0 + Duration::from_secs(20) {
             proc.wait_ready(Duration::from_millis(1)).await?;
