@@ -1,6 +1,7 @@
-//! The API server's answers decoded straight into `RawObject`s. A watch line and a list page
-//! are each parsed once, the objects kept as borrowed slices of the text (`RawValue`), and
-//! each object's text is copied out as it came. kube's typed `Api::watch` and `Api::list`
+//! The API server's answers decoded straight into `RawObject`s, never through a tree: an
+//! object event's line is parsed once (its object is the rest of the line), any other line
+//! and a list page's items are found as borrowed slices of the text (`RawValue`), and each
+//! object's text is copied out as it came. kube's typed `Api::watch` and `Api::list`
 //! decode through serde's generic paths instead: an event's object was parsed and written
 //! again as text (a transcode), a list page's items were first buffered as a tree (its
 //! flattened field). That was half of the ingester's CPU in an initial sync
