@@ -58,6 +58,21 @@ fn addr(port: u16) -> anyhow::Result<SocketAddr> {
     Ok(format!("127.0.0.1:{port}").parse()?)
 }
 
+/// The read-write service (a proxy to the primary, for now) and an ingester through it,
+/// converged.
+async fn start_behind_service(
+    pair: &PgPair,
+    h: &Harness,
+) -> anyhow::Result<(TcpProxy, IngesterProcess)> {
+    let service = TcpProxy::start(addr(pair.primary.port)?).await?;
+    let port = service.port.to_string();
+    let ing = h
+        .start_ready(&[("DB_PORT", port.as_str()), ("DB_PARAMS", PARAMS)])
+        .await?;
+    wait_converged_on(h, &h.db.client().await?, &ing).await?;
+    Ok((service, ing))
+}
+
 /// The ingester's sessions on `server`.
 async fn sessions_on(server: testkit::pg::PgServer) -> anyhow::Result<i64> {
     let c = server.connect("postgres").await?;
@@ -173,12 +188,7 @@ async fn a_read_only_window_is_reported_and_writing_resumes_on_promotion() -> an
     let Some((pair, h)) = rig().await? else {
         return Ok(());
     };
-    let service = TcpProxy::start(addr(pair.primary.port)?).await?;
-    let port = service.port.to_string();
-    let mut ing = h
-        .start_ready(&[("DB_PORT", port.as_str()), ("DB_PARAMS", PARAMS)])
-        .await?;
-    wait_converged_on(&h, &h.db.client().await?, &ing).await?;
+    let (service, mut ing) = start_behind_service(&pair, &h).await?;
     let pid = ing.pid();
     pair.wait_replayed(REPLAY).await?;
 
@@ -362,12 +372,7 @@ async fn a_switchover_that_loses_nothing_costs_no_relist() -> anyhow::Result<()>
     let Some((pair, h)) = rig().await? else {
         return Ok(());
     };
-    let service = TcpProxy::start(addr(pair.primary.port)?).await?;
-    let port = service.port.to_string();
-    let mut ing = h
-        .start_ready(&[("DB_PORT", port.as_str()), ("DB_PARAMS", PARAMS)])
-        .await?;
-    wait_converged_on(&h, &h.db.client().await?, &ing).await?;
+    let (service, mut ing) = start_behind_service(&pair, &h).await?;
     let relists = metric_sum(&ing, "ingester_relists_total").await?;
 
     // A clean stop sends the standby every WAL record before it ends: nothing is lost.
